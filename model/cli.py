@@ -1,0 +1,130 @@
+"""The model commands of the `fae` CLI: model-info, model-init, generate.
+
+`add_commands` only declares arguments (no torch import), so `fae serve` stays torch-free; each handler
+imports what it needs when it runs. Handlers return a process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .presets import PRESETS
+
+    info = sub.add_parser("model-info", help="parameter count of each component of a preset (meta device)")
+    info.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=model_info)
+
+    init = sub.add_parser("model-init", help="write a randomly initialised model repository")
+    init.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    init.add_argument(
+        "--out", required=True, type=Path, help="directory to create (must not exist or be empty)"
+    )
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--encoder-path", help="Hugging Face directory of the frozen encoder (paper presets)")
+    init.add_argument("--text-encoder-path", help="Hugging Face directory of the T5 encoder (paper-t2i)")
+    init.set_defaults(handler=model_init)
+
+    gen = sub.add_parser("generate", help="generate images to PNG files, no server needed")
+    gen.add_argument("--model", type=Path, help="model directory (default: the embedded default model)")
+    cond = gen.add_mutually_exclusive_group(required=True)
+    cond.add_argument("--prompt", help="text prompt (text-conditional models)")
+    cond.add_argument("--class-label", type=int, help="ImageNet-style class index (class-conditional models)")
+    gen.add_argument("--n", type=int, default=1, help="number of images")
+    gen.add_argument("--steps", type=int, default=50)
+    gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    gen.add_argument("--guidance-schedule", default="constant", choices=["constant", "fae-three-part"])
+    gen.add_argument("--seed", type=int, help="seed of the first image (image i uses seed + i)")
+    gen.add_argument("--sampler", default="euler", choices=["euler", "euler_maruyama"])
+    gen.add_argument("--adapter", type=Path, help="LoRA adapter directory from `fae finetune`")
+    gen.add_argument("--adapter-scale", type=float, default=1.0)
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument(
+        "-o", "--out", type=Path, default=Path("out.png"), help="PNG path; with --n > 1, a suffix _i"
+    )
+    gen.set_defaults(handler=generate)
+
+
+def model_info(args: argparse.Namespace) -> int:
+    from .presets import parameter_counts
+
+    counts = parameter_counts(args.preset)
+    if args.json:
+        print(json.dumps({"preset": args.preset, "parameters": counts}, indent=2))
+    else:
+        for name, n in counts.items():
+            print(f"{name:18s} {n / 1e6:10.2f}M")
+    return 0
+
+
+def model_init(args: argparse.Namespace) -> int:
+    from .io import write_directory_atomically
+    from .pipeline import FAEPipeline
+
+    pipe = FAEPipeline.from_preset(
+        args.preset, seed=args.seed, encoder_path=args.encoder_path, text_encoder_path=args.text_encoder_path
+    )
+    write_directory_atomically(args.out, pipe.save_pretrained)
+    print(f"wrote a randomly initialised {args.preset!r} model to {args.out}")
+    return 0
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def generate(args: argparse.Namespace) -> int:
+    from .loading import load_pipeline
+
+    pipe = load_pipeline(args.model, device=resolve_device(args.device))
+    if args.adapter is not None:
+        pipe.load_adapter(args.adapter, scale=args.adapter_scale)
+    progress = _progress_bar(args.steps)
+    out = pipe(
+        prompt=args.prompt,
+        class_labels=args.class_label,
+        num_images=args.n,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_schedule=args.guidance_schedule,
+        seed=args.seed,
+        sampler=args.sampler,
+        callback=progress,
+    )
+    progress.close()  # type: ignore[attr-defined]
+    paths = _output_paths(args.out, len(out.images))
+    for path, image, seed in zip(paths, out.images, out.seeds, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+        print(f"{path}  seed={seed}")
+    return 0
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(n)]
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, disable=None)
+
+    def callback(step: int, _total: int) -> bool:
+        bar.update(step - bar.n)
+        return False
+
+    callback.close = bar.close  # type: ignore[attr-defined]
+    return callback

@@ -1,0 +1,121 @@
+"""The Feature Auto-Encoder: a one-attention-layer compressor and a 6-layer feature decoder.
+
+The compressor maps frozen-encoder patch features (B×N×D) to a diagonal Gaussian over a small latent
+(B×C×g×g, C = 32 in the paper); the feature decoder maps a latent back to the encoder's feature space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .errors import InvalidInputError
+from .layers import Attention, RMSNorm, SwiGLU, grid_to_tokens, rope_2d, tokens_to_grid
+
+
+@dataclass
+class DiagonalGaussian:
+    mean: torch.Tensor  # B×C×g×g
+    logvar: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + torch.exp(0.5 * self.logvar) * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q ‖ N(0, I)) per sample, summed over latent elements."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+def _check_tokens(features: torch.Tensor, num_tokens: int, dim: int, what: str) -> None:
+    if features.ndim != 3 or features.shape[1] != num_tokens or features.shape[2] != dim:
+        raise InvalidInputError(
+            f"{what} expects features of shape B×{num_tokens}×{dim}, got {tuple(features.shape)}"
+        )
+
+
+class FAEEncoder(ModelMixin, ConfigMixin):
+    """Single-attention encoder: self-attention with a skip, an activation and one linear head to (μ, log σ²)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        feature_dim: int = 1536,
+        grid_size: int = 16,
+        num_heads: int = 24,
+        head_dim: int = 256,
+        latent_channels: int = 32,
+        logvar_clamp: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim, eps=1e-6)
+        self.attn = Attention(feature_dim, num_heads, head_dim=head_dim, qkv_bias=True)
+        self.act = nn.GELU(approximate="tanh")
+        self.head = nn.Linear(feature_dim, 2 * latent_channels)
+
+    def forward(self, features: torch.Tensor) -> DiagonalGaussian:
+        cfg = self.config
+        _check_tokens(features, cfg.grid_size**2, cfg.feature_dim, "FAEEncoder")
+        h = features + self.attn(self.norm(features))
+        moments = tokens_to_grid(self.head(self.act(h)), cfg.grid_size)
+        mean, logvar = moments.chunk(2, dim=1)
+        return DiagonalGaussian(mean, logvar.clamp(-cfg.logvar_clamp, 20.0))
+
+
+class FeatureDecoderBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=True)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class FeatureDecoder(ModelMixin, ConfigMixin):
+    """Transformer (RoPE, RMSNorm, SwiGLU) from the latent back to the frozen encoder's feature space."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 32,
+        feature_dim: int = 1536,
+        grid_size: int = 16,
+        depth: int = 6,
+        num_heads: int = 24,
+        mlp_hidden: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(latent_channels, feature_dim)
+        self.blocks = nn.ModuleList(
+            FeatureDecoderBlock(feature_dim, num_heads, mlp_hidden) for _ in range(depth)
+        )
+        self.norm_out = RMSNorm(feature_dim)
+        cos, sin = rope_2d(grid_size, feature_dim // num_heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if latents.ndim != 4 or latents.shape[1:] != (cfg.latent_channels, cfg.grid_size, cfg.grid_size):
+            raise InvalidInputError(
+                f"FeatureDecoder expects latents B×{cfg.latent_channels}×{cfg.grid_size}×{cfg.grid_size}, "
+                f"got {tuple(latents.shape)}"
+            )
+        x = self.proj_in(grid_to_tokens(latents))
+        rope = (self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype))
+        for block in self.blocks:
+            x = block(x, rope)
+        return self.norm_out(x)

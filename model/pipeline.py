@@ -1,0 +1,265 @@
+"""FAEPipeline: noise → generator (flow matching, CFG) → latent → feature decoder → pixel decoder → RGB."""
+
+from __future__ import annotations
+
+import importlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from .errors import GenerationCanceled, InvalidInputError
+from .guidance import Condition, GuidanceSchedule, guided_velocity
+from .scheduling import check_sampler, check_steps
+
+COMPONENT_MODULES = (
+    "model.fae",
+    "model.pixel_decoder",
+    "model.lightning_dit",
+    "model.mmdit",
+    "model.scheduling",
+    "model.encoders",
+    "model.text_encoders",
+)
+ProgressCallback = Callable[[int, int], bool | None]
+MAX_IMAGES_PER_CALL = 64
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class FAEPipelineOutput(BaseOutput):
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    seeds: list[int]
+
+
+class FAEPipeline(DiffusionPipeline):
+    """The whole FAE stack. Components (each saved in its own subfolder by `save_pretrained`):
+
+    - `generator`: LightningDiT (class-conditional) or MMDiT (text-conditional), in normalised latent space;
+    - `feature_decoder`, `pixel_decoder`: latent → encoder features → RGB;
+    - `scheduler`: FlowMatchingScheduler;
+    - optional: `compressor` (FAEEncoder) and `encoder` (the frozen representation encoder) for encoding images
+      (training, fine-tunes, evaluation), `text_encoder` for text-conditional generators.
+    """
+
+    model_cpu_offload_seq = "text_encoder->generator->feature_decoder->pixel_decoder"
+    _optional_components: ClassVar[list[str]] = ["compressor", "encoder", "text_encoder"]
+
+    def __init__(
+        self,
+        generator: Any,
+        feature_decoder: Any,
+        pixel_decoder: Any,
+        scheduler: Any,
+        compressor: Any = None,
+        encoder: Any = None,
+        text_encoder: Any = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            generator=generator,
+            feature_decoder=feature_decoder,
+            pixel_decoder=pixel_decoder,
+            scheduler=scheduler,
+            compressor=compressor,
+            encoder=encoder,
+            text_encoder=text_encoder,
+        )
+
+    # --- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs: Any) -> FAEPipeline:
+        # diffusers resolves the classes named in model_index.json from already-imported modules only.
+        for module in COMPONENT_MODULES:
+            importlib.import_module(module)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, **overrides: Any) -> FAEPipeline:
+        """A randomly initialised pipeline of a named preset (see `model.presets`)."""
+        from .presets import build_components
+
+        return cls(**build_components(name, seed=seed, **overrides))
+
+    # --- properties ----------------------------------------------------------------------------------
+    @property
+    def condition_type(self) -> str:
+        return self.generator.condition_type
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.generator.config.num_classes if self.condition_type == "class" else None
+
+    @property
+    def image_size(self) -> int:
+        return self.pixel_decoder.image_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        cfg = self.generator.config
+        return (cfg.in_channels, cfg.grid_size, cfg.grid_size)
+
+    # --- latents ---------------------------------------------------------------------------------------
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cfg = self.generator.config
+        if cfg.latent_mean is None or cfg.latent_std is None:
+            return None
+        mean = torch.tensor(cfg.latent_mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.latent_std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        return mean, std
+
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        stats = self._latent_stats(z)
+        return z if stats is None else (z - stats[0]) / stats[1]
+
+    def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        stats = self._latent_stats(z)
+        return z if stats is None else z * stats[1] + stats[0]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Images B×3×H×W in [0, 1] → normalised generator latents (needs `encoder` and `compressor`)."""
+        if self.encoder is None or self.compressor is None:
+            raise InvalidInputError(
+                "this pipeline has no encoder/compressor: it can generate but not encode images"
+            )
+        features = self.encoder(images.to(self.device))
+        posterior = self.compressor(features.to(self.compressor.dtype))
+        return self.normalize_latents(posterior.sample() if sample else posterior.mode())
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Normalised latents → images B×3×H×W in [0, 1], decoded in batches."""
+        out = []
+        for chunk in latents.split(batch_size):
+            features = self.feature_decoder(self.denormalize_latents(chunk).to(self.feature_decoder.dtype))
+            pixels = self.pixel_decoder(features.to(self.pixel_decoder.dtype))
+            out.append(((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0))
+        return torch.cat(out)
+
+    # --- conditions ------------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> Condition:
+        emb = self.text_encoder.encode(prompts)
+        dtype = self.generator.dtype
+        return {
+            "text_tokens": emb.tokens.to(self.device, dtype),
+            "text_mask": emb.mask.to(self.device),
+            "text_pooled": emb.pooled.to(self.device, dtype),
+        }
+
+    def prepare_conditions(
+        self,
+        prompt: str | Sequence[str] | None,
+        class_labels: int | Sequence[int] | None,
+        num_images: int,
+    ) -> tuple[Condition, Condition, int]:
+        """Validate the request's condition and return (cond, uncond, batch size)."""
+        if not 1 <= num_images <= MAX_IMAGES_PER_CALL:
+            raise InvalidInputError(f"num_images must be from 1 to {MAX_IMAGES_PER_CALL}, got {num_images}")
+        if self.condition_type == "class":
+            if prompt is not None:
+                raise InvalidInputError(
+                    f"this model is class-conditional: pass class_labels (0..{self.num_classes - 1}), not a prompt"
+                )
+            if class_labels is None:
+                raise InvalidInputError(f"this model needs class_labels (0..{self.num_classes - 1})")
+            labels = [class_labels] if isinstance(class_labels, int) else list(class_labels)
+            for label in labels:
+                if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < self.num_classes:
+                    raise InvalidInputError(
+                        f"class label {label!r} is out of range: this model has classes 0..{self.num_classes - 1}"
+                    )
+            labels = [label for label in labels for _ in range(num_images)]
+            cond = {"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)}
+            return cond, self.generator.null_condition(len(labels), self.device), len(labels)
+        if class_labels is not None:
+            raise InvalidInputError("this model is text-conditional: pass a prompt, not class_labels")
+        if prompt is None:
+            raise InvalidInputError("this model is text-conditional: pass a prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or any(not isinstance(p, str) for p in prompts):
+            raise InvalidInputError("prompt must be a string or a non-empty list of strings")
+        prompts = [p for p in prompts for _ in range(num_images)]
+        cond = self.encode_text(prompts)
+        null = self.encode_text([""])
+        uncond = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in null.items()}
+        return cond, uncond, len(prompts)
+
+    @staticmethod
+    def resolve_seeds(seed: int | Sequence[int] | None, batch_size: int) -> list[int]:
+        """One seed per image: a list is used as is, an int seeds image i with seed + i, None draws them."""
+        if seed is None:
+            return [secrets.randbelow(MAX_SEED) for _ in range(batch_size)]
+        if isinstance(seed, int):
+            seeds = [(seed + i) % MAX_SEED for i in range(batch_size)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != batch_size:
+                raise InvalidInputError(f"got {len(seeds)} seeds for {batch_size} images: give one per image")
+        for s in seeds:
+            if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise InvalidInputError(f"seed {s!r} must be an integer from 0 to 2**63 - 1")
+        return seeds
+
+    def noise_generators(self, seeds: list[int]) -> list[torch.Generator]:
+        device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
+        return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+    def draw_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        """One N(0, I) latent per generator: each image's noise depends on its own seed only."""
+        shape = (1, *self.latent_shape)
+        noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
+        return torch.cat(noise).to(self.device)
+
+    # --- generation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        class_labels: int | Sequence[int] | None = None,
+        num_images: int = 1,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        seed: int | Sequence[int] | None = None,
+        sampler: str = "euler",
+        output_type: Literal["pil", "np", "pt"] = "pil",
+        callback: ProgressCallback | None = None,
+    ) -> FAEPipelineOutput:
+        check_steps(num_inference_steps)
+        check_sampler(sampler)
+        if output_type not in ("pil", "np", "pt"):
+            raise InvalidInputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
+        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
+        seeds = self.resolve_seeds(seed, batch)
+        generators = self.noise_generators(seeds)
+        x = self.draw_noise(generators).to(self.generator.dtype)
+        stochastic = torch.full((batch,), sampler == "euler_maruyama", device=self.device)
+        timesteps = self.scheduler.timesteps(num_inference_steps, self.device)
+        for i in range(num_inference_steps):
+            t, t_next = timesteps[i].expand(batch), timesteps[i + 1].expand(batch)
+            scales = torch.full((batch,), schedule.scale_at(float(timesteps[i])), device=self.device)
+            v = guided_velocity(self.generator, x, t, cond, uncond, scales)
+            noise = self.draw_noise(generators).to(x.dtype) if bool(stochastic.any()) else None
+            x = self.scheduler.step(x, v, t, t_next, stochastic, noise)
+            if callback is not None and callback(i + 1, num_inference_steps):
+                raise GenerationCanceled(f"generation canceled after step {i + 1} of {num_inference_steps}")
+        images = self.decode_latents(x)
+        return FAEPipelineOutput(images=to_output(images, output_type), seeds=seeds)
+
+
+def to_output(images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """Images B×3×H×W in [0, 1] to the requested type."""
+    if output_type == "pt":
+        return images
+    array = images.permute(0, 2, 3, 1).float().cpu().numpy()
+    if output_type == "np":
+        return array
+    return [PIL.Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in array]

@@ -1,0 +1,114 @@
+"""Flow matching: the linear interpolant, the training timestep distribution and the Euler samplers.
+
+Convention (the paper's α_t = 1 − t, σ_t = t): x_t = (1 − t)·x₀ + t·ε, t = 1 is noise, t = 0 is data, and the
+model predicts the velocity v = ε − x₀ = dx_t/dt. Sampling integrates from t = 1 down to t = 0.
+
+Timestep shift: t' = s·t / (1 + (s − 1)·t) with s ≥ 1 spends more steps near noise. The paper's "shift 0.4"
+is LightningDiT's convention (t = 0 noise); in this convention it is s = 1 / 0.4 = 2.5.
+
+All step functions take per-sample timesteps (shape B), so samples at different steps share one batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .errors import InvalidInputError
+
+SAMPLERS = ("euler", "euler_maruyama")
+MAX_STEPS = 250
+
+
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def check_steps(num_steps: int) -> None:
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= MAX_STEPS:
+        raise InvalidInputError(
+            f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}"
+        )
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise InvalidInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
+    config_name = "scheduler_config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        shift: float = 2.5,
+        train_timestep_distribution: Literal["uniform", "logit_normal"] = "logit_normal",
+        train_shift: float | None = None,
+        sde_last_step_mean: bool = True,
+    ) -> None:
+        if shift <= 0:
+            raise InvalidInputError(f"timestep shift must be positive, got {shift}")
+
+    # --- training -------------------------------------------------------------------------------
+    def sample_training_timesteps(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training t ~ the base distribution, then shifted (paper: the shift helps training as well)."""
+        if self.config.train_timestep_distribution == "uniform":
+            t = torch.rand(batch_size, generator=generator, device=device)
+        else:
+            t = torch.sigmoid(torch.randn(batch_size, generator=generator, device=device))
+        shift = self.config.train_shift if self.config.train_shift is not None else self.config.shift
+        return shift_timesteps(t, shift)
+
+    @staticmethod
+    def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+        return (1.0 - t) * x0 + t * noise
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    # --- sampling -------------------------------------------------------------------------------
+    def timesteps(self, num_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """num_steps + 1 decreasing values from 1 to 0 (shifted)."""
+        check_steps(num_steps)
+        base = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+        return shift_timesteps(base, self.config.shift).to(device=device, dtype=torch.float32)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        velocity: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        stochastic: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One step per sample from t to t_next < t.
+
+        Euler (ODE): x + (t_next − t)·v. Euler–Maruyama (SDE) with diffusion w_t = σ_t = t runs the
+        reverse-time SDE dx = [−v + ½·w·s]dτ + √w dW (τ = 1 − t), where the score s = −(x + (1 − t)·v)/t; the
+        t in w and 1/t cancel, so ½·w·s = −½·(x + (1 − t)·v). The final step to t = 0 adds no noise (the
+        "last step mean" of SiT). `stochastic` is a bool mask (B,) selecting SDE samples.
+        """
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        t_, tn_ = t.view(shape).to(x.dtype), t_next.view(shape).to(x.dtype)
+        dt = t_ - tn_  # > 0
+        ode = x - dt * velocity
+        if noise is None or not bool(stochastic.any()):
+            return ode
+        drift = -velocity - 0.5 * (x + (1.0 - t_) * velocity)
+        diffusion = torch.sqrt(torch.clamp(t_ * dt, min=0.0))
+        last = (
+            (t_next <= 0).view(shape)
+            if self.config.sde_last_step_mean
+            else torch.zeros_like(dt, dtype=torch.bool)
+        )
+        sde = x + drift * dt + torch.where(last, torch.zeros_like(noise), diffusion * noise)
+        return torch.where(stochastic.view(shape), sde, ode)

@@ -1,0 +1,165 @@
+"""The job contract shared by the gateway and the workers: request schemas, job states and records.
+
+This module imports nothing heavy (no torch, no redis): both sides import it, and it is the only place
+where a job's shape and its legal state transitions are defined.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+MAX_IMAGES_PER_REQUEST = 8
+MAX_STEPS = 250
+MAX_SEED = 2**63 - 1
+
+
+class JobKind(str, enum.Enum):
+    generate = "generate"
+    finetune = "finetune"
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+# Legal transitions. `running -> queued` is the one step "back", and only the reaper or a redelivery takes
+# it (a worker died holding the job); the job's `attempts` counter grows with it, so the history still only
+# moves forward. Terminal states are final.
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
+    JobStatus.running: frozenset(
+        {JobStatus.queued, JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in ALLOWED_TRANSITIONS[current]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Sampler = Literal["euler", "euler_maruyama"]
+OutputFormat = Literal["png", "webp", "jpeg"]
+GuidanceSchedule = Literal["constant", "fae-three-part"]
+
+
+class GenerateRequest(StrictModel):
+    """Body of `POST /v1/generate`."""
+
+    model: str | None = Field(default=None, max_length=128, description="Model name; default model if omitted.")
+    prompt: str | None = Field(default=None, min_length=1, max_length=2000)
+    class_label: int | None = Field(default=None, ge=0, le=1_000_000)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    steps: int = Field(default=50, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(default=1.0, ge=0.0, le=30.0)
+    guidance_schedule: GuidanceSchedule = "constant"
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    sampler: Sampler = "euler"
+    output_format: OutputFormat = "png"
+    adapter: str | None = Field(default=None, max_length=128)
+    adapter_scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    webhook_url: HttpUrl | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> GenerateRequest:
+        if self.prompt is not None and self.class_label is not None:
+            raise ValueError("give either `prompt` or `class_label`, not both")
+        return self
+
+
+class FinetuneParams(StrictModel):
+    """The parameters of `POST /v1/finetunes` (the dataset travels beside them)."""
+
+    model: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=128)
+    steps: int = Field(default=500, ge=1, le=20_000)
+    rank: int = Field(default=8, ge=1, le=128)
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    trigger_phrase: str | None = Field(default=None, max_length=200)
+    s3_prefix: str | None = Field(default=None, max_length=1024)
+    webhook_url: HttpUrl | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    loss: float | None = None
+
+
+class JobOutput(BaseModel):
+    index: int
+    seed: int | None = None
+    key: str = Field(description="Object key in storage (deterministic per job and index).")
+    url: str | None = None
+    expires_at: datetime | None = None
+    content_type: str | None = None
+
+
+class JobError(BaseModel):
+    reason: Annotated[str, Field(description="Machine-readable reason, e.g. `invalid_input`, `worker_lost`.")]
+    message: str
+
+
+class Job(BaseModel):
+    """A job as stored in the job store and returned by the API."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    tenant: str
+    model: str | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_position: int | None = None
+    progress: Progress = Field(default_factory=Progress)
+    outputs: list[JobOutput] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    error: JobError | None = None
+    attempts: int = Field(default=0, description="How many times the job has started running.")
+    cancel_requested: bool = False
+    worker_id: str | None = Field(default=None, description="The worker of the latest attempt.")
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per stage: queued, denoise, decode, upload, total."
+    )
+    adapter_id: str | None = Field(default=None, description="Finetune jobs: the adapter they produced.")
+    webhook_url: str | None = None
+
+
+def output_key(tenant: str, job_id: str, index: int, ext: str) -> str:
+    """Deterministic object key: a redelivered job overwrites its own outputs, never someone else's."""
+    return f"tenants/{tenant}/jobs/{job_id}/{index}.{ext}"
+
+
+def adapter_key(tenant: str, adapter_id: str) -> str:
+    return f"tenants/{tenant}/adapters/{adapter_id}/"
+
+
+def dataset_key(tenant: str, job_id: str) -> str:
+    """Where the gateway puts a fine-tune's uploaded dataset (the worker reads it from there)."""
+    return f"tenants/{tenant}/datasets/{job_id}/"

@@ -1,0 +1,65 @@
+"""Classifier-free guidance: schedule semantics and the skipped unconditional pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.errors import InvalidInputError
+from model.guidance import GuidanceSchedule, guided_velocity
+
+
+class RecordingModel:
+    """v = x + label (so conditional and unconditional outputs differ); records each call's batch size."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(x.shape[0])
+        return x + class_labels.view(-1, 1, 1, 1).float()
+
+
+def test_three_part_schedule_intervals() -> None:
+    s = GuidanceSchedule.fae_three_part(2.5)
+    assert s.scale_at(1.0) == 0.9 and s.scale_at(0.95) == 0.9 and s.scale_at(0.9) == 0.9
+    assert s.scale_at(0.85) == 1.0 and s.scale_at(0.71) == 1.0
+    assert s.scale_at(0.7) == 2.5 and s.scale_at(0.3) == 2.5 and s.scale_at(0.0) == 2.5
+    assert GuidanceSchedule.named("fae-three-part", 4.0).scale_at(0.5) == 4.0
+    assert GuidanceSchedule.named("constant", 3.0).scale_at(0.95) == 3.0
+
+
+def test_unknown_schedule_and_bad_scale_are_clear_errors() -> None:
+    with pytest.raises(InvalidInputError, match="unknown guidance schedule"):
+        GuidanceSchedule.named("cosine", 2.0)
+    with pytest.raises(InvalidInputError, match="between 0 and 30"):
+        GuidanceSchedule.named("constant", -1.0)
+
+
+def test_guided_velocity_per_sample_scale_and_skipped_unconditional_pass() -> None:
+    model = RecordingModel()
+    x = torch.zeros(3, 2, 1, 1)
+    t = torch.full((3,), 0.5)
+    cond = {"class_labels": torch.tensor([4, 5, 6])}
+    uncond = {"class_labels": torch.tensor([10, 10, 10])}
+    scales = torch.tensor([1.0, 3.0, 0.0])
+    v = guided_velocity(model, x, t, cond, uncond, scales)
+    # One forward of 3 conditional rows + 2 unconditional rows (the row with scale 1 needs none).
+    assert model.batch_sizes == [5]
+    assert torch.allclose(v[0], torch.full((2, 1, 1), 4.0))  # scale 1: conditional as is
+    assert torch.allclose(v[1], torch.full((2, 1, 1), 10.0 + 3.0 * (5.0 - 10.0)))
+    assert torch.allclose(v[2], torch.full((2, 1, 1), 10.0))  # scale 0: unconditional
+
+
+def test_no_guidance_means_one_conditional_pass() -> None:
+    model = RecordingModel()
+    x = torch.zeros(2, 2, 1, 1)
+    guided_velocity(
+        model,
+        x,
+        torch.ones(2),
+        {"class_labels": torch.tensor([1, 2])},
+        {"class_labels": torch.tensor([0, 0])},
+        torch.ones(2),
+    )
+    assert model.batch_sizes == [2]
