@@ -14,8 +14,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from .batching import Sample, StepBatcher
 from .errors import GenerationCanceled, InvalidInputError
-from .guidance import Condition, GuidanceSchedule, guided_velocity
+from .guidance import Condition, GuidanceSchedule
 from .scheduling import check_sampler, check_steps
 
 COMPONENT_MODULES = (
@@ -207,15 +208,9 @@ class FAEPipeline(DiffusionPipeline):
                 raise InvalidInputError(f"seed {s!r} must be an integer from 0 to 2**63 - 1")
         return seeds
 
-    def noise_generators(self, seeds: list[int]) -> list[torch.Generator]:
-        device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
-        return [torch.Generator(device).manual_seed(s) for s in seeds]
-
-    def draw_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
-        """One N(0, I) latent per generator: each image's noise depends on its own seed only."""
-        shape = (1, *self.latent_shape)
-        noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
-        return torch.cat(noise).to(self.device)
+    def step_batcher(self) -> StepBatcher:
+        """An empty step-level batch on this pipeline's device (see model/batching.py)."""
+        return StepBatcher(self.scheduler, self.latent_shape, self.device, self.generator.dtype)
 
     # --- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -239,18 +234,28 @@ class FAEPipeline(DiffusionPipeline):
         schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
         cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
         seeds = self.resolve_seeds(seed, batch)
-        generators = self.noise_generators(seeds)
-        x = self.draw_noise(generators).to(self.generator.dtype)
-        stochastic = torch.full((batch,), sampler == "euler_maruyama", device=self.device)
-        timesteps = self.scheduler.timesteps(num_inference_steps, self.device)
+        batcher = self.step_batcher()
+        batcher.add(
+            [
+                Sample(
+                    key=row,
+                    seed=seeds[row],
+                    num_steps=num_inference_steps,
+                    cond={k: v[row : row + 1] for k, v in cond.items()},
+                    uncond={k: v[row : row + 1] for k, v in uncond.items()},
+                    schedule=schedule,
+                    stochastic=sampler == "euler_maruyama",
+                )
+                for row in range(batch)
+            ]
+        )
+        latents: dict[int, torch.Tensor] = {}
         for i in range(num_inference_steps):
-            t, t_next = timesteps[i].expand(batch), timesteps[i + 1].expand(batch)
-            scales = torch.full((batch,), schedule.scale_at(float(timesteps[i])), device=self.device)
-            v = guided_velocity(self.generator, x, t, cond, uncond, scales)
-            noise = self.draw_noise(generators).to(x.dtype) if bool(stochastic.any()) else None
-            x = self.scheduler.step(x, v, t, t_next, stochastic, noise)
+            for done in batcher.step(self.generator):
+                latents[done.key] = done.latent
             if callback is not None and callback(i + 1, num_inference_steps):
                 raise GenerationCanceled(f"generation canceled after step {i + 1} of {num_inference_steps}")
+        x = torch.cat([latents[row] for row in range(batch)])
         images = self.decode_latents(x)
         return FAEPipelineOutput(images=to_output(images, output_type), seeds=seeds)
 

@@ -1,0 +1,165 @@
+"""Step-level batching: many samples, each at its own denoising step, advanced by one generator call per step.
+
+Each sample carries its own seed (noise generator), step count, guidance schedule, sampler and condition.
+Samples join between steps (`add`) and leave when finished or canceled (`remove`), like continuous batching in
+LLM servers; this works because the generator takes a per-sample timestep. `FAEPipeline.__call__` and the
+worker's engine both denoise through this class, so a batch of requests gives the same images as each
+request alone (up to floating-point reassociation in batched matrix products).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .guidance import Condition, GuidanceSchedule, guided_velocity
+from .scheduling import FlowMatchingScheduler, check_steps
+
+GeneratorFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Sample:
+    """One image to denoise. `cond`/`uncond` are single-row condition dicts (batch dimension 1)."""
+
+    key: Hashable
+    seed: int
+    num_steps: int
+    cond: Condition
+    uncond: Condition
+    schedule: GuidanceSchedule = field(default_factory=lambda: GuidanceSchedule.constant(1.0))
+    stochastic: bool = False
+
+
+@dataclass
+class Finished:
+    key: Hashable
+    seed: int
+    latent: torch.Tensor  # 1×C×g×g, normalised latent space
+
+
+class StepBatcher:
+    """The set of samples being denoised together on one model (one latent shape, one condition type)."""
+
+    def __init__(
+        self,
+        scheduler: FlowMatchingScheduler,
+        latent_shape: tuple[int, int, int],
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.scheduler = scheduler
+        self.latent_shape = tuple(latent_shape)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._samples: list[Sample] = []
+        self._grids: list[list[float]] = []  # each sample's timesteps, on the host (read every step)
+        self._generators: list[torch.Generator] = []
+        self._step_index: list[int] = []
+        self._x: torch.Tensor | None = None
+        self._cond: Condition = {}
+        self._uncond: Condition = {}
+
+    # --- membership ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [s.key for s in self._samples]
+
+    def progress(self, key: Hashable) -> tuple[int, int]:
+        i = self.keys.index(key)
+        return self._step_index[i], self._samples[i].num_steps
+
+    def _new_generator(self, seed: int) -> torch.Generator:
+        device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
+        return torch.Generator(device).manual_seed(seed)
+
+    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn((1, *self.latent_shape), generator=generator, device=generator.device)
+        return noise.to(self.device, self.dtype)
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        """Join samples; they take their first step at the next `step()`."""
+        if not samples:
+            return
+        new_x, cond_rows, uncond_rows = [], [], []
+        for sample in samples:
+            check_steps(sample.num_steps)
+            generator = self._new_generator(sample.seed)
+            new_x.append(self._draw(generator))
+            self._samples.append(sample)
+            self._grids.append(self.scheduler.timesteps(sample.num_steps).double().tolist())
+            self._generators.append(generator)
+            self._step_index.append(0)
+            cond_rows.append(sample.cond)
+            uncond_rows.append(sample.uncond)
+        x = torch.cat(new_x)
+        self._x = x if self._x is None else torch.cat([self._x, x])
+        self._cond = _append_rows(self._cond, cond_rows, self.device)
+        self._uncond = _append_rows(self._uncond, uncond_rows, self.device)
+
+    def remove(self, keys: Sequence[Hashable]) -> list[Sample]:
+        """Drop samples (canceled requests); returns what was removed."""
+        drop = set(keys)
+        keep = [i for i, s in enumerate(self._samples) if s.key not in drop]
+        removed = [s for s in self._samples if s.key in drop]
+        self._keep_rows(keep)
+        return removed
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        self._samples = [self._samples[i] for i in keep]
+        self._grids = [self._grids[i] for i in keep]
+        self._generators = [self._generators[i] for i in keep]
+        self._step_index = [self._step_index[i] for i in keep]
+        if not keep:
+            self._x, self._cond, self._uncond = None, {}, {}
+            return
+        index = torch.tensor(keep, device=self.device)
+        assert self._x is not None
+        self._x = self._x.index_select(0, index)
+        self._cond = {k: v.index_select(0, index) for k, v in self._cond.items()}
+        self._uncond = {k: v.index_select(0, index) for k, v in self._uncond.items()}
+
+    # --- denoising ------------------------------------------------------------------------------------
+    def step(self, model: GeneratorFn) -> list[Finished]:
+        """Advance every sample by one step with one (guided) model call; return and drop finished samples."""
+        if not self._samples or self._x is None:
+            return []
+        t_now = [grid[i] for grid, i in zip(self._grids, self._step_index, strict=True)]
+        t_next = [grid[i + 1] for grid, i in zip(self._grids, self._step_index, strict=True)]
+        scales = [s.schedule.scale_at(t) for s, t in zip(self._samples, t_now, strict=True)]
+        t = torch.tensor(t_now, device=self.device, dtype=torch.float32)
+        tn = torch.tensor(t_next, device=self.device, dtype=torch.float32)
+        v = guided_velocity(
+            model, self._x, t, self._cond, self._uncond, torch.tensor(scales, device=self.device)
+        )
+        stochastic = [s.stochastic for s in self._samples]
+        noise = None
+        if any(stochastic):
+            # Every stochastic sample draws from its own generator each step (ODE samples draw nothing), so a
+            # sample's noise depends on its seed alone, never on what else shares the batch.
+            noise = torch.zeros_like(self._x)
+            for row, (is_sde, gen) in enumerate(zip(stochastic, self._generators, strict=True)):
+                if is_sde:
+                    noise[row] = self._draw(gen)[0]
+        mask = torch.tensor(stochastic, device=self.device)
+        self._x = self.scheduler.step(self._x, v, t, tn, mask, noise)
+        self._step_index = [i + 1 for i in self._step_index]
+        done = [i for i, s in enumerate(self._samples) if self._step_index[i] >= s.num_steps]
+        if not done:
+            return []
+        finished = [Finished(self._samples[i].key, self._samples[i].seed, self._x[i : i + 1]) for i in done]
+        done_set = set(done)
+        self._keep_rows([i for i in range(len(self._samples)) if i not in done_set])
+        return finished
+
+
+def _append_rows(existing: Condition, rows: list[Condition], device: torch.device) -> Condition:
+    new = {k: torch.cat([r[k] for r in rows]).to(device) for k in rows[0]}
+    if not existing:
+        return new
+    return {k: torch.cat([existing[k], new[k]]) for k in existing}
