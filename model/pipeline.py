@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -135,12 +135,23 @@ class FAEPipeline(DiffusionPipeline):
         return self.normalize_latents(posterior.sample() if sample else posterior.mode())
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Normalised latents → images B×3×H×W in [0, 1], decoded in batches."""
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        batch_size: int = 32,
+        feature_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pixel_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Normalised latents → images B×3×H×W in [0, 1], decoded in batches.
+
+        `feature_decoder`/`pixel_decoder` replace the modules' own forwards (e.g. compiled, bucketed ones).
+        """
+        feature_decoder = feature_decoder or self.feature_decoder
+        pixel_decoder = pixel_decoder or self.pixel_decoder
         out = []
         for chunk in latents.split(batch_size):
-            features = self.feature_decoder(self.denormalize_latents(chunk).to(self.feature_decoder.dtype))
-            pixels = self.pixel_decoder(features.to(self.pixel_decoder.dtype))
+            features = feature_decoder(self.denormalize_latents(chunk).to(self.feature_decoder.dtype))
+            pixels = pixel_decoder(features.to(self.pixel_decoder.dtype))
             out.append(((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0))
         return torch.cat(out)
 
@@ -208,9 +219,62 @@ class FAEPipeline(DiffusionPipeline):
                 raise InvalidInputError(f"seed {s!r} must be an integer from 0 to 2**63 - 1")
         return seeds
 
+    def prepare_samples(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        class_labels: int | Sequence[int] | None = None,
+        num_images: int = 1,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        seed: int | Sequence[int] | None = None,
+        sampler: str = "euler",
+        key: Hashable = None,
+    ) -> list[Sample]:
+        """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index)."""
+        check_steps(num_inference_steps)
+        check_sampler(sampler)
+        schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
+        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
+        seeds = self.resolve_seeds(seed, batch)
+        return [
+            Sample(
+                key=row if key is None else (key, row),
+                seed=seeds[row],
+                num_steps=num_inference_steps,
+                cond={k: v[row : row + 1] for k, v in cond.items()},
+                uncond={k: v[row : row + 1] for k, v in uncond.items()},
+                schedule=schedule,
+                stochastic=sampler == "euler_maruyama",
+            )
+            for row in range(batch)
+        ]
+
     def step_batcher(self) -> StepBatcher:
         """An empty step-level batch on this pipeline's device (see model/batching.py)."""
         return StepBatcher(self.scheduler, self.latent_shape, self.device, self.generator.dtype)
+
+    # --- LoRA adapters (logic in model/adapters.py) ---------------------------------------------------
+    def load_adapter(self, path: str | Any, adapter_id: str | None = None, scale: float = 1.0) -> str:
+        """Activate the adapter at `path` (kept in an in-memory LRU by id); refuses one made for another base."""
+        from .adapters import adapter_manager
+
+        return adapter_manager(self).load(path, adapter_id=adapter_id, scale=scale)
+
+    def unload_adapter(self, adapter_id: str | None = None, evict: bool = False) -> None:
+        """Back to the base outputs, exactly; the adapter stays cached unless `evict`."""
+        from .adapters import adapter_manager
+
+        manager = adapter_manager(self)
+        manager.deactivate(adapter_id)
+        if evict:
+            for loaded in [adapter_id] if adapter_id is not None else list(manager.loaded):
+                manager.evict(loaded)
+
+    def set_adapter_scale(self, scale: float, adapter_id: str | None = None) -> None:
+        from .adapters import adapter_manager
+
+        adapter_manager(self).set_scale(scale, adapter_id)
 
     # --- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -227,37 +291,29 @@ class FAEPipeline(DiffusionPipeline):
         output_type: Literal["pil", "np", "pt"] = "pil",
         callback: ProgressCallback | None = None,
     ) -> FAEPipelineOutput:
-        check_steps(num_inference_steps)
-        check_sampler(sampler)
         if output_type not in ("pil", "np", "pt"):
             raise InvalidInputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
-        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
-        seeds = self.resolve_seeds(seed, batch)
-        batcher = self.step_batcher()
-        batcher.add(
-            [
-                Sample(
-                    key=row,
-                    seed=seeds[row],
-                    num_steps=num_inference_steps,
-                    cond={k: v[row : row + 1] for k, v in cond.items()},
-                    uncond={k: v[row : row + 1] for k, v in uncond.items()},
-                    schedule=schedule,
-                    stochastic=sampler == "euler_maruyama",
-                )
-                for row in range(batch)
-            ]
+        samples = self.prepare_samples(
+            prompt,
+            class_labels,
+            num_images,
+            num_inference_steps,
+            guidance_scale,
+            guidance_schedule,
+            seed,
+            sampler,
         )
+        batcher = self.step_batcher()
+        batcher.add(samples)
         latents: dict[int, torch.Tensor] = {}
         for i in range(num_inference_steps):
             for done in batcher.step(self.generator):
                 latents[done.key] = done.latent
             if callback is not None and callback(i + 1, num_inference_steps):
                 raise GenerationCanceled(f"generation canceled after step {i + 1} of {num_inference_steps}")
-        x = torch.cat([latents[row] for row in range(batch)])
+        x = torch.cat([latents[row] for row in range(len(samples))])
         images = self.decode_latents(x)
-        return FAEPipelineOutput(images=to_output(images, output_type), seeds=seeds)
+        return FAEPipelineOutput(images=to_output(images, output_type), seeds=[s.seed for s in samples])
 
 
 def to_output(images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:

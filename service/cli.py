@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP gateway")
-    serve.add_argument("--embedded", action="store_true", help="in-process worker, local storage, no Redis/S3")
+    serve.add_argument(
+        "--embedded", action="store_true", help="in-process worker, local storage, no Redis/S3"
+    )
     serve.add_argument("--host", help="bind address (default FAE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default FAE_PORT or 8000)")
     serve.set_defaults(handler=serve_command)
@@ -35,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from .settings import get_settings
     from .server import run_server
+    from .settings import get_settings
 
     settings = get_settings()
     if args.host:

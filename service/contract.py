@@ -17,12 +17,12 @@ MAX_STEPS = 250
 MAX_SEED = 2**63 - 1
 
 
-class JobKind(str, enum.Enum):
+class JobKind(enum.StrEnum):
     generate = "generate"
     finetune = "finetune"
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -66,7 +66,9 @@ GuidanceSchedule = Literal["constant", "fae-three-part"]
 class GenerateRequest(StrictModel):
     """Body of `POST /v1/generate`."""
 
-    model: str | None = Field(default=None, max_length=128, description="Model name; default model if omitted.")
+    model: str | None = Field(
+        default=None, max_length=128, description="Model name; default model if omitted."
+    )
     prompt: str | None = Field(default=None, min_length=1, max_length=2000)
     class_label: int | None = Field(default=None, ge=0, le=1_000_000)
     n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,7 +81,9 @@ class Settings(BaseSettings):
 
     # --- worker ---------------------------------------------------------------------------------------
     worker_queues: str = "generate,finetune"
-    lease_s: float = Field(default=60.0, gt=0)
+    # A running job's lease, renewed every heartbeat_s; a dead worker's job is requeued within
+    # lease_s + reaper_interval_s (under a minute by default) and dead-lettered after max_deliveries.
+    lease_s: float = Field(default=45.0, gt=0)
     heartbeat_s: float = Field(default=10.0, gt=0)
     reaper_interval_s: float = Field(default=10.0, gt=0)
     max_deliveries: int = Field(default=3, ge=1)
@@ -105,6 +107,15 @@ class Settings(BaseSettings):
     # worker (a poison job); test_step_delay_s sleeps after each denoising step (to act on a job mid-flight).
     test_crash_on_prompt: str = ""
     test_step_delay_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"FAE_HEARTBEAT_S ({self.heartbeat_s}) must be shorter than FAE_LEASE_S ({self.lease_s}), "
+                "or every running job would be reaped"
+            )
+        return self
 
     def model_dirs(self) -> dict[str, Path]:
         """`models` parsed into an ordered name → directory mapping."""

@@ -1,0 +1,322 @@
+"""The job store's interface, its errors, and the state rules both backends share.
+
+A backend only decides *where* a job lives; what a transition does to a job (timestamps, attempts, the
+refusal to go backwards) is defined once here, on top of the contract's `can_transition`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from service.contract import Job, JobError, JobKind, JobStatus, Progress, can_transition
+from service.settings import Settings
+
+
+class JobStoreError(Exception):
+    """Base of the job store's errors."""
+
+
+class JobNotFound(JobStoreError, KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} does not exist"
+
+
+class InvalidTransition(JobStoreError):
+    def __init__(self, job_id: str, current: JobStatus, new: JobStatus) -> None:
+        super().__init__(f"job {job_id} is {current.value} and cannot become {new.value}")
+        self.job_id, self.current, self.new = job_id, current, new
+
+
+class IdempotencyConflict(JobStoreError):
+    """The same Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"this Idempotency-Key was already used for job {job_id} with a different body")
+        self.job_id = job_id
+
+
+class InflightLimitExceeded(JobStoreError):
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant {tenant} already has {limit} unfinished jobs")
+        self.tenant, self.limit = tenant, limit
+
+
+# Fields that only `create` and `transition` may set.
+_IMMUTABLE_FIELDS = frozenset({"id", "kind", "tenant", "status", "created_at"})
+RATE_PERIOD_S = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def body_hash(payload: Any) -> str:
+    """A stable hash of a request body (key order and whitespace do not matter)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def key_digest(value: str) -> str:
+    """Client-chosen strings (idempotency keys) become fixed-size, charset-safe store keys."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def kind_value(kind: JobKind | str) -> str:
+    return JobKind(kind).value
+
+
+def apply_transition(job: Job, new_status: JobStatus, fields: dict[str, Any]) -> Job:
+    """The job after moving to `new_status`; raises InvalidTransition when the contract refuses."""
+    new_status = JobStatus(new_status)
+    if not can_transition(job.status, new_status):
+        raise InvalidTransition(job.id, job.status, new_status)
+    bad = _IMMUTABLE_FIELDS & fields.keys()
+    if bad:
+        raise ValueError(f"transition cannot set {sorted(bad)}")
+    data = job.model_dump()
+    now = utcnow()
+    if new_status is JobStatus.running:
+        data["attempts"] = job.attempts + 1
+        data["started_at"] = now
+        data["queue_position"] = None
+    elif new_status is JobStatus.queued:
+        # Requeued after its worker died: progress starts over, the next run gets a fresh start time.
+        data["progress"] = Progress()
+        data["started_at"] = None
+    if new_status.terminal:
+        data["finished_at"] = now
+        data["queue_position"] = None
+    data.update(fields)
+    data["status"] = new_status
+    return Job.model_validate(data)
+
+
+def apply_update(job: Job, fields: dict[str, Any]) -> Job:
+    bad = _IMMUTABLE_FIELDS & fields.keys()
+    if bad:
+        raise ValueError(f"update cannot set {sorted(bad)}; use transition() for status")
+    data = job.model_dump()
+    data.update(fields)
+    return Job.model_validate(data)
+
+
+def apply_progress(job: Job, step: int, total: int, eta_s: float | None, loss: float | None) -> Job:
+    return job.model_copy(update={"progress": Progress(step=step, total=total, eta_s=eta_s, loss=loss)})
+
+
+def dead_letter_failure(reason: str) -> dict[str, Any]:
+    return {"error": JobError(reason="dead_lettered", message=reason)}
+
+
+def gcra(tat: float | None, now: float, limit_per_minute: int) -> tuple[float | None, float]:
+    """Generic cell rate algorithm: (retry_after or None, new theoretical arrival time).
+
+    Allows a burst of `limit_per_minute` requests, then one every 60/limit seconds.
+    """
+    interval = RATE_PERIOD_S / limit_per_minute
+    tat = max(tat if tat is not None else now, now)
+    new_tat = tat + interval
+    allow_at = new_tat - RATE_PERIOD_S
+    if allow_at > now:
+        return allow_at - now, tat
+    return None, new_tat
+
+
+def list_score(created_ms: int, seq: int) -> int:
+    """Sort key of a tenant's job list: creation time in ms with a sequence tie-breaker (fits a double)."""
+    return created_ms * 1000 + seq % 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 20:
+        raise ValueError("invalid cursor")
+    return int(cursor)
+
+
+class JobEvents(abc.ABC):
+    """A subscription to one job's changes. Enter it *before* reading the job, so no change is missed."""
+
+    @abc.abstractmethod
+    async def __aenter__(self) -> JobEvents: ...
+
+    @abc.abstractmethod
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    @abc.abstractmethod
+    async def wait(self, timeout_s: float) -> bool:
+        """True when the job changed (re-read it), False after `timeout_s` without a change."""
+
+
+class JobStore(abc.ABC):
+    """Jobs, their states and everything keyed by them. Methods are synchronous (the gateway wraps them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create(
+        self,
+        job: Job,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        max_inflight: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a new job; (existing job, False) for a repeated tenant+key+body.
+
+        Raises IdempotencyConflict (same key, other body) and InflightLimitExceeded (checked atomically).
+        """
+
+    @abc.abstractmethod
+    def find_idempotent(self, tenant: str, idempotency_key: str, body_hash: str) -> Job | None:
+        """The job an earlier request with this key created (None if none); IdempotencyConflict if the
+        body differs."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    def get_for_tenant(self, tenant: str, job_id: str) -> Job | None:
+        job = self.get(job_id)
+        return job if job is not None and job.tenant == tenant else None
+
+    @abc.abstractmethod
+    def list_for_tenant(
+        self, tenant: str, kind: JobKind | str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; the second value is the cursor of the next page (None on the last page)."""
+
+    @abc.abstractmethod
+    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job: ...
+
+    @abc.abstractmethod
+    def update(self, job_id: str, **fields: Any) -> Job: ...
+
+    @abc.abstractmethod
+    def set_progress(
+        self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
+    ) -> Job: ...
+
+    @abc.abstractmethod
+    def request_cancel(self, job_id: str) -> Job:
+        """Queued: canceled at once. Running: a flag the worker reads between steps. Terminal: unchanged."""
+
+    @abc.abstractmethod
+    def cancel_requested(self, job_id: str) -> bool: ...
+
+    # --- queue bookkeeping --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def mark_enqueued(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    def mark_dequeued(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    def queue_position(self, job_id: str) -> int | None:
+        """How many jobs of the same kind are ahead of this queued job (0: next); None if not queued."""
+
+    @abc.abstractmethod
+    def queue_depth(self, kind: JobKind | str) -> int: ...
+
+    # --- leases, deliveries, dead letters -----------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
+
+    @abc.abstractmethod
+    def renew_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        """False when the lease is another worker's or already ran out (the worker should stop)."""
+
+    @abc.abstractmethod
+    def release_lease(self, job_id: str, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def expired_leases(self) -> list[str]:
+        """Running jobs whose lease ran out (their worker died); the reaper requeues them."""
+
+    @abc.abstractmethod
+    def record_delivery(self, job_id: str) -> int: ...
+
+    @abc.abstractmethod
+    def dead_letter(self, job_id: str, reason: str) -> None:
+        """Park a job that keeps killing its worker; an unfinished job also becomes failed."""
+
+    @abc.abstractmethod
+    def list_dead_letters(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def remove_dead_letter(self, job_id: str) -> bool: ...
+
+    # --- admission ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def inflight_count(self, tenant: str) -> int: ...
+
+    @abc.abstractmethod
+    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
+        """None: allowed (and counted). Otherwise seconds until the next request would be allowed."""
+
+    # --- events -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def publish_event(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    def subscribe(self, job_id: str) -> JobEvents: ...
+
+    async def wait_terminal(self, job_id: str, timeout_s: float) -> Job | None:
+        """The job once terminal, or as it stands after `timeout_s`; None if it does not exist."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with self.subscribe(job_id) as events:
+            while True:
+                job = await asyncio.to_thread(self.get, job_id)
+                remaining = deadline - loop.time()
+                if job is None or job.status.terminal or remaining <= 0:
+                    return job
+                await events.wait(remaining)
+
+    # --- adapters -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_adapter(self, record: dict[str, Any]) -> None:
+        """`record` needs `id` and `tenant`; other keys (model, name, created_at, key...) are kept as is."""
+
+    @abc.abstractmethod
+    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def list_adapters(self, tenant: str) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def delete_adapter(self, tenant: str, adapter_id: str) -> bool: ...
+
+    # --- health -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def ping(self) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (optional)."""
+
+
+def check_adapter_record(record: dict[str, Any]) -> tuple[str, str]:
+    tenant, adapter_id = record.get("tenant"), record.get("id")
+    if not isinstance(tenant, str) or not isinstance(adapter_id, str) or not tenant or not adapter_id:
+        raise ValueError("an adapter record needs string `tenant` and `id`")
+    return tenant, adapter_id
+
+
+def sort_adapters(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: (str(r.get("created_at", "")), r["id"]))

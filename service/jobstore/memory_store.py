@@ -1,0 +1,371 @@
+"""The job store in process memory (embedded mode): the Redis store's semantics, one lock, no persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from service import metrics
+from service.contract import Job, JobKind, JobStatus
+from service.jobstore.base import (
+    IdempotencyConflict,
+    InflightLimitExceeded,
+    InvalidTransition,
+    JobEvents,
+    JobNotFound,
+    JobStore,
+    apply_progress,
+    apply_transition,
+    apply_update,
+    check_adapter_record,
+    dead_letter_failure,
+    gcra,
+    key_digest,
+    kind_value,
+    list_score,
+    parse_cursor,
+    sort_adapters,
+    utcnow,
+)
+from service.settings import Settings
+
+
+class MemoryJobStore(JobStore):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._lock = threading.RLock()
+        self._jobs: dict[str, Job] = {}
+        self._expires: dict[str, float] = {}  # job id -> monotonic deadline (job_ttl_s)
+        self._scores: dict[str, int] = {}  # job id -> list order
+        self._idempotency: dict[tuple[str, str], tuple[str, str | None, float]] = {}
+        self._queued: dict[str, dict[str, int]] = {}  # kind -> job id -> enqueue order
+        self._cancel: set[str] = set()
+        self._leases: dict[str, tuple[str, float]] = {}  # job id -> (worker, monotonic expiry)
+        self._deliveries: dict[str, int] = {}
+        self._dead: dict[str, dict[str, Any]] = {}
+        self._rate_tat: dict[str, float] = {}
+        self._adapters: dict[str, dict[str, dict[str, Any]]] = {}
+        self._subscribers: dict[str, set[_MemoryJobEvents]] = {}
+        self._seq = 0
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _live(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None and self._expires[job_id] < time.monotonic():
+            for table in (self._jobs, self._expires, self._scores):
+                table.pop(job_id, None)
+            return None
+        return job
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    def create(
+        self,
+        job: Job,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        max_inflight: int | None = None,
+    ) -> tuple[Job, bool]:
+        with self._lock:
+            if idempotency_key:
+                existing = self.find_idempotent(job.tenant, idempotency_key, body_hash)
+                if existing is not None:
+                    return existing, False
+            if max_inflight is not None and self.inflight_count(job.tenant) >= max_inflight:
+                raise InflightLimitExceeded(job.tenant, max_inflight)
+            self._jobs[job.id] = job
+            self._expires[job.id] = time.monotonic() + self.settings.job_ttl_s
+            self._scores[job.id] = list_score(int(job.created_at.timestamp() * 1000), self._next_seq())
+            if idempotency_key:
+                deadline = time.monotonic() + self.settings.idempotency_ttl_s
+                self._idempotency[(job.tenant, key_digest(idempotency_key))] = (job.id, body_hash, deadline)
+            return job, True
+
+    def find_idempotent(self, tenant: str, idempotency_key: str, body_hash: str | None) -> Job | None:
+        with self._lock:
+            record = self._idempotency.get((tenant, key_digest(idempotency_key)))
+            if record is None or record[2] < time.monotonic():
+                return None
+            job = self._live(record[0])
+            if job is None:
+                return None
+            if record[1] != body_hash:
+                raise IdempotencyConflict(record[0])
+            return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._live(job_id)
+
+    def list_for_tenant(
+        self, tenant: str, kind: JobKind | str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        start = parse_cursor(cursor)
+        wanted_kind = JobKind(kind) if kind else None
+        with self._lock:
+            candidates = [
+                (self._scores[job_id], job)
+                for job_id in list(self._jobs)
+                if (job := self._live(job_id)) is not None
+                and job.tenant == tenant
+                and (wanted_kind is None or job.kind is wanted_kind)
+                and (start is None or self._scores[job_id] < start)
+            ]
+        candidates.sort(key=lambda item: item[0], reverse=True)
+        page = candidates[:limit]
+        next_cursor = str(page[-1][0]) if len(candidates) > limit else None
+        return [job for _, job in page], next_cursor
+
+    def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
+        with self._lock:
+            old = self._live(job_id)
+            if old is None:
+                raise JobNotFound(job_id)
+            new = change(old)
+            self._jobs[job_id] = new
+            self._expires[job_id] = time.monotonic() + self.settings.job_ttl_s
+            if new.status is not old.status:
+                queue = self._queued.setdefault(new.kind.value, {})
+                if new.status is JobStatus.queued:
+                    queue.setdefault(job_id, self._next_seq())
+                else:
+                    queue.pop(job_id, None)
+                if new.status is not JobStatus.running:
+                    self._leases.pop(job_id, None)
+                if new.status.terminal:
+                    self._cancel.discard(job_id)
+        self.publish_event(new)
+        return new
+
+    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_transition(job, new_status, fields))
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_update(job, fields))
+
+    def set_progress(
+        self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
+    ) -> Job:
+        return self._mutate(job_id, lambda job: apply_progress(job, step, total, eta_s, loss))
+
+    def request_cancel(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._live(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status is JobStatus.queued:
+                return self.transition(job_id, JobStatus.canceled)
+            if job.status.terminal:
+                return job
+            self._cancel.add(job_id)
+            return self._mutate(job_id, lambda current: current.model_copy(update={"cancel_requested": True}))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._cancel
+
+    # --- queue bookkeeping --------------------------------------------------------------------------
+    def mark_enqueued(self, job: Job) -> None:
+        with self._lock:
+            self._queued.setdefault(job.kind.value, {}).setdefault(job.id, self._next_seq())
+
+    def mark_dequeued(self, job: Job) -> None:
+        with self._lock:
+            self._queued.setdefault(job.kind.value, {}).pop(job.id, None)
+
+    def queue_position(self, job_id: str) -> int | None:
+        with self._lock:
+            job = self._live(job_id)
+            if job is None or job.status is not JobStatus.queued:
+                return None
+            queue = self._queued.get(job.kind.value, {})
+            if job_id not in queue:
+                return None
+            mine = queue[job_id]
+            return sum(1 for order in queue.values() if order < mine)
+
+    def queue_depth(self, kind: JobKind | str) -> int:
+        with self._lock:
+            return len(self._queued.get(kind_value(kind), {}))
+
+    # --- leases, deliveries, dead letters -----------------------------------------------------------
+    def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        with self._lock:
+            held = self._leases.get(job_id)
+            now = time.monotonic()
+            if held is not None and held[1] > now and held[0] != worker_id:
+                return False
+            self._leases[job_id] = (worker_id, now + lease_s)
+            return True
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        with self._lock:
+            held = self._leases.get(job_id)
+            now = time.monotonic()
+            if held is None or held[0] != worker_id or held[1] <= now:
+                return False
+            self._leases[job_id] = (worker_id, now + lease_s)
+            return True
+
+    def release_lease(self, job_id: str, worker_id: str) -> None:
+        with self._lock:
+            held = self._leases.get(job_id)
+            if held is not None and held[0] == worker_id:
+                del self._leases[job_id]
+
+    def expired_leases(self) -> list[str]:
+        with self._lock:
+            now = time.monotonic()
+            expired = []
+            for job_id, (_, expiry) in list(self._leases.items()):
+                if expiry > now:
+                    continue
+                job = self._live(job_id)
+                if job is not None and job.status is JobStatus.running:
+                    expired.append(job_id)
+                else:
+                    del self._leases[job_id]
+            return expired
+
+    def record_delivery(self, job_id: str) -> int:
+        with self._lock:
+            self._deliveries[job_id] = self._deliveries.get(job_id, 0) + 1
+            return self._deliveries[job_id]
+
+    def dead_letter(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            job = self._live(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            self._dead[job_id] = {
+                "job_id": job_id,
+                "tenant": job.tenant,
+                "kind": job.kind.value,
+                "reason": reason,
+                "deliveries": self._deliveries.get(job_id, 0),
+                "at": utcnow().isoformat(),
+            }
+            if not job.status.terminal:
+                with contextlib.suppress(InvalidTransition):
+                    self.transition(job_id, JobStatus.failed, **dead_letter_failure(reason))
+            metrics.DEAD_LETTERS.set(len(self._dead))
+
+    def list_dead_letters(self) -> list[dict[str, Any]]:
+        with self._lock:
+            records = [dict(record) for record in self._dead.values()]
+        metrics.DEAD_LETTERS.set(len(records))
+        return sorted(records, key=lambda r: (r["at"], r["job_id"]))
+
+    def remove_dead_letter(self, job_id: str) -> bool:
+        with self._lock:
+            removed = self._dead.pop(job_id, None) is not None
+            self._deliveries.pop(job_id, None)
+            metrics.DEAD_LETTERS.set(len(self._dead))
+            return removed
+
+    # --- admission ----------------------------------------------------------------------------------
+    def inflight_count(self, tenant: str) -> int:
+        with self._lock:
+            return sum(
+                1
+                for job_id in list(self._jobs)
+                if (job := self._live(job_id)) is not None
+                and job.tenant == tenant
+                and not job.status.terminal
+            )
+
+    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
+        with self._lock:
+            retry_after, tat = gcra(self._rate_tat.get(tenant), time.monotonic(), limit_per_minute)
+            self._rate_tat[tenant] = tat
+            return retry_after
+
+    # --- events -------------------------------------------------------------------------------------
+    def publish_event(self, job: Job) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers.get(job.id, ()))
+        for subscriber in subscribers:
+            subscriber.notify()
+
+    def subscribe(self, job_id: str) -> JobEvents:
+        return _MemoryJobEvents(self, job_id)
+
+    def _register(self, job_id: str, events: _MemoryJobEvents, add: bool) -> None:
+        with self._lock:
+            subscribers = self._subscribers.setdefault(job_id, set())
+            if add:
+                subscribers.add(events)
+            else:
+                subscribers.discard(events)
+                if not subscribers:
+                    del self._subscribers[job_id]
+
+    # --- adapters -----------------------------------------------------------------------------------
+    def put_adapter(self, record: dict[str, Any]) -> None:
+        tenant, adapter_id = check_adapter_record(record)
+        with self._lock:
+            self._adapters.setdefault(tenant, {})[adapter_id] = dict(record)
+
+    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._adapters.get(tenant, {}).get(adapter_id)
+            return dict(record) if record is not None else None
+
+    def list_adapters(self, tenant: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return sort_adapters(dict(r) for r in self._adapters.get(tenant, {}).values())
+
+    def delete_adapter(self, tenant: str, adapter_id: str) -> bool:
+        with self._lock:
+            return self._adapters.get(tenant, {}).pop(adapter_id, None) is not None
+
+    def ping(self) -> bool:
+        return True
+
+
+class _MemoryJobEvents(JobEvents):
+    """Publishers run on any thread; the waiter is a coroutine, woken through its loop."""
+
+    def __init__(self, store: MemoryJobStore, job_id: str) -> None:
+        self._store, self._job_id = store, job_id
+        self._lock = threading.Lock()
+        self._pending = False
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    async def __aenter__(self) -> _MemoryJobEvents:
+        self._store._register(self._job_id, self, add=True)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._store._register(self._job_id, self, add=False)
+
+    def notify(self) -> None:
+        with self._lock:
+            self._pending = True
+            if self._waiter is not None:
+                loop, event = self._waiter
+                with contextlib.suppress(RuntimeError):  # the waiter's loop is closed
+                    loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, timeout_s: float) -> bool:
+        event = asyncio.Event()
+        with self._lock:
+            if self._pending:
+                self._pending = False
+                return True
+            self._waiter = (asyncio.get_running_loop(), event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(timeout_s, 0.0))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                self._waiter = None
+                self._pending = False

@@ -1,0 +1,411 @@
+"""The job store in Redis: one JSON document per job, changed in WATCH/MULTI transactions.
+
+Keys (all under `settings.redis_namespace`): `job:<id>` (JSON, expires after job_ttl_s),
+`idem:<tenant>:<digest>`, `inflight:<tenant>` (set), `tjobs:<tenant>:<all|kind>` (sorted by creation),
+`queue:<kind>` (sorted by enqueue order), `cancel:<id>`, `leases` (sorted by expiry, ms) + `lease_owner`
+(hash), `deliveries:<id>`, `dead` (hash), `rate:<tenant>`, `adapters:<tenant>` (hash), and the pub/sub
+channel `events:<id>`. Times for leases and rates
+come from the Redis server's clock, so gateways and workers on different hosts agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from service import metrics
+from service.contract import Job, JobKind, JobStatus
+from service.jobstore.base import (
+    IdempotencyConflict,
+    InflightLimitExceeded,
+    InvalidTransition,
+    JobEvents,
+    JobNotFound,
+    JobStore,
+    apply_progress,
+    apply_transition,
+    apply_update,
+    check_adapter_record,
+    dead_letter_failure,
+    key_digest,
+    kind_value,
+    list_score,
+    parse_cursor,
+    sort_adapters,
+    utcnow,
+)
+from service.jobstore.redis_scripts import ACQUIRE_LEASE, CHECK_RATE, RELEASE_LEASE, RENEW_LEASE
+from service.settings import Settings
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, redis_url: str, settings: Settings) -> None:
+        super().__init__(settings)
+        self.redis_url = redis_url
+        self._ns = settings.redis_namespace
+        self._redis = redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        self._acquire = self._redis.register_script(ACQUIRE_LEASE)
+        self._renew = self._redis.register_script(RENEW_LEASE)
+        self._release = self._redis.register_script(RELEASE_LEASE)
+        self._rate = self._redis.register_script(CHECK_RATE)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self._ns, *parts))
+
+    def _job_key(self, job_id: str) -> str:
+        return self._k("job", job_id)
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    def create(
+        self,
+        job: Job,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        max_inflight: int | None = None,
+    ) -> tuple[Job, bool]:
+        seq = int(self._redis.incr(self._k("seq")))
+        created_ms = int(job.created_at.timestamp() * 1000)
+        score = list_score(created_ms, seq)
+        ttl_s = self.settings.job_ttl_s
+        inflight_key = self._k("inflight", job.tenant)
+        idem_key = self._k("idem", job.tenant, key_digest(idempotency_key)) if idempotency_key else None
+        watches = [inflight_key] + ([idem_key] if idem_key else [])
+
+        def txn(pipe: redis.client.Pipeline) -> tuple[Job, bool]:
+            if idem_key:
+                existing = self._idempotent_job(pipe, idem_key, body_hash)
+                if existing is not None:
+                    return existing, False
+            if max_inflight is not None and pipe.scard(inflight_key) >= max_inflight:
+                raise InflightLimitExceeded(job.tenant, max_inflight)
+            pipe.multi()
+            pipe.set(self._job_key(job.id), job.model_dump_json(), ex=ttl_s)
+            if not job.status.terminal:
+                pipe.sadd(inflight_key, job.id)
+            for index in ("all", job.kind.value):
+                index_key = self._k("tjobs", job.tenant, index)
+                pipe.zadd(index_key, {job.id: score})
+                # Entries older than any job can be are dropped here, so the index stays bounded.
+                pipe.zremrangebyscore(index_key, "-inf", list_score(created_ms - ttl_s * 1000, 0))
+            if idem_key:
+                record = json.dumps({"job_id": job.id, "body_hash": body_hash})
+                pipe.set(idem_key, record, ex=self.settings.idempotency_ttl_s)
+            return job, True
+
+        return self._redis.transaction(txn, *watches, value_from_callable=True)
+
+    def _idempotent_job(self, client: Any, idem_key: str, body_hash: str | None) -> Job | None:
+        raw = client.get(idem_key)
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        job_raw = client.get(self._job_key(record["job_id"]))
+        if job_raw is None:  # the job expired before its key: the key is free again
+            return None
+        if record.get("body_hash") != body_hash:
+            raise IdempotencyConflict(record["job_id"])
+        return Job.model_validate_json(job_raw)
+
+    def find_idempotent(self, tenant: str, idempotency_key: str, body_hash: str) -> Job | None:
+        return self._idempotent_job(
+            self._redis, self._k("idem", tenant, key_digest(idempotency_key)), body_hash
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self._redis.get(self._job_key(job_id))
+        return Job.model_validate_json(raw) if raw is not None else None
+
+    def list_for_tenant(
+        self, tenant: str, kind: JobKind | str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        index_key = self._k("tjobs", tenant, kind_value(kind) if kind else "all")
+        start = parse_cursor(cursor)
+        upper: str = f"({start}" if start is not None else "+inf"
+        found: list[tuple[Job, int]] = []
+        for _ in range(10):  # bounded: each round only skips expired entries
+            want = limit + 1 - len(found)
+            entries = self._redis.zrevrangebyscore(
+                index_key, upper, "-inf", start=0, num=want, withscores=True
+            )
+            if not entries:
+                break
+            raws = self._redis.mget([self._job_key(job_id) for job_id, _ in entries])
+            stale = [job_id for (job_id, _), raw in zip(entries, raws, strict=True) if raw is None]
+            if stale:
+                self._redis.zrem(index_key, *stale)
+            found += [
+                (Job.model_validate_json(raw), int(score))
+                for (_, score), raw in zip(entries, raws, strict=True)
+                if raw is not None
+            ]
+            upper = f"({int(entries[-1][1])}"
+            if len(found) > limit or len(entries) < want:
+                break
+        page = found[:limit]
+        next_cursor = str(page[-1][1]) if len(found) > limit else None
+        return [job for job, _ in page], next_cursor
+
+    def _mutate(self, job_id: str, change: Callable[[Job], Job], side_effects: bool = True) -> Job:
+        key = self._job_key(job_id)
+
+        def txn(pipe: redis.client.Pipeline) -> Job:
+            raw = pipe.get(key)
+            if raw is None:
+                raise JobNotFound(job_id)
+            old = Job.model_validate_json(raw)
+            new = change(old)
+            pipe.multi()
+            pipe.set(key, new.model_dump_json(), ex=self.settings.job_ttl_s)
+            if side_effects and new.status is not old.status:
+                self._status_side_effects(pipe, new)
+            pipe.publish(self._k("events", job_id), new.status.value)
+            return new
+
+        return self._redis.transaction(txn, key, value_from_callable=True)
+
+    def _status_side_effects(self, pipe: redis.client.Pipeline, job: Job) -> None:
+        queue_key = self._k("queue", job.kind.value)
+        if job.status is JobStatus.queued:
+            pipe.zadd(queue_key, {job.id: int(self._redis.incr(self._k("seq")))}, nx=True)
+        else:
+            pipe.zrem(queue_key, job.id)
+        if job.status is not JobStatus.running:  # queued again or finished: the old lease is void
+            pipe.zrem(self._k("leases"), job.id)
+            pipe.hdel(self._k("lease_owner"), job.id)
+        if job.status.terminal:
+            pipe.srem(self._k("inflight", job.tenant), job.id)
+            pipe.delete(self._k("cancel", job.id))
+
+    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_transition(job, new_status, fields))
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_update(job, fields))
+
+    def set_progress(
+        self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
+    ) -> Job:
+        return self._mutate(job_id, lambda job: apply_progress(job, step, total, eta_s, loss))
+
+    def request_cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status is JobStatus.queued:
+            try:
+                return self.transition(job_id, JobStatus.canceled)
+            except InvalidTransition:  # a worker took it meanwhile: cancel it as a running job
+                pass
+        self._redis.set(self._k("cancel", job_id), "1", ex=self.settings.job_ttl_s)
+
+        def flag(current: Job) -> Job:
+            if current.status.terminal:
+                return current
+            return current.model_copy(update={"cancel_requested": True})
+
+        return self._mutate(job_id, flag)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self._redis.exists(self._k("cancel", job_id)))
+
+    # --- queue bookkeeping --------------------------------------------------------------------------
+    def mark_enqueued(self, job: Job) -> None:
+        seq = int(self._redis.incr(self._k("seq")))
+        self._redis.zadd(self._k("queue", job.kind.value), {job.id: seq}, nx=True)
+
+    def mark_dequeued(self, job: Job) -> None:
+        self._redis.zrem(self._k("queue", job.kind.value), job.id)
+
+    def queue_position(self, job_id: str) -> int | None:
+        job = self.get(job_id)
+        if job is None or job.status is not JobStatus.queued:
+            return None
+        rank = self._redis.zrank(self._k("queue", job.kind.value), job_id)
+        return int(rank) if rank is not None else None
+
+    def queue_depth(self, kind: JobKind | str) -> int:
+        return int(self._redis.zcard(self._k("queue", kind_value(kind))))
+
+    # --- leases, deliveries, dead letters -----------------------------------------------------------
+    def _lease_keys(self) -> list[str]:
+        return [self._k("leases"), self._k("lease_owner")]
+
+    def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        return bool(self._acquire(keys=self._lease_keys(), args=[job_id, worker_id, int(lease_s * 1000)]))
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        return bool(self._renew(keys=self._lease_keys(), args=[job_id, worker_id, int(lease_s * 1000)]))
+
+    def release_lease(self, job_id: str, worker_id: str) -> None:
+        self._release(keys=self._lease_keys(), args=[job_id, worker_id])
+
+    def expired_leases(self) -> list[str]:
+        seconds, micros = self._redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        candidates = self._redis.zrangebyscore(self._k("leases"), "-inf", now)
+        expired = []
+        for job_id in candidates:
+            job = self.get(job_id)
+            if job is not None and job.status is JobStatus.running:
+                expired.append(job_id)
+            else:  # a lease left behind by a job that is no longer running
+                self._redis.zrem(self._k("leases"), job_id)
+                self._redis.hdel(self._k("lease_owner"), job_id)
+        return expired
+
+    def record_delivery(self, job_id: str) -> int:
+        key = self._k("deliveries", job_id)
+        pipe = self._redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, self.settings.job_ttl_s)
+        return int(pipe.execute()[0])
+
+    def dead_letter(self, job_id: str, reason: str) -> None:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        deliveries = self._redis.get(self._k("deliveries", job_id))
+        record = {
+            "job_id": job_id,
+            "tenant": job.tenant,
+            "kind": job.kind.value,
+            "reason": reason,
+            "deliveries": int(deliveries or 0),
+            "at": utcnow().isoformat(),
+        }
+        self._redis.hset(self._k("dead"), job_id, json.dumps(record))
+        if not job.status.terminal:
+            with contextlib.suppress(InvalidTransition):  # finished meanwhile
+                self.transition(job_id, JobStatus.failed, **dead_letter_failure(reason))
+        metrics.DEAD_LETTERS.set(self._redis.hlen(self._k("dead")))
+
+    def list_dead_letters(self) -> list[dict[str, Any]]:
+        records = [json.loads(raw) for raw in self._redis.hvals(self._k("dead"))]
+        metrics.DEAD_LETTERS.set(len(records))
+        return sorted(records, key=lambda r: (r["at"], r["job_id"]))
+
+    def remove_dead_letter(self, job_id: str) -> bool:
+        removed = bool(self._redis.hdel(self._k("dead"), job_id))
+        self._redis.delete(self._k("deliveries", job_id))
+        metrics.DEAD_LETTERS.set(self._redis.hlen(self._k("dead")))
+        return removed
+
+    # --- admission ----------------------------------------------------------------------------------
+    def inflight_count(self, tenant: str) -> int:
+        key = self._k("inflight", tenant)
+        members = list(self._redis.smembers(key))
+        if not members:
+            return 0
+        pipe = self._redis.pipeline()
+        for job_id in members:
+            pipe.exists(self._job_key(job_id))
+        gone = [job_id for job_id, alive in zip(members, pipe.execute(), strict=True) if not alive]
+        if gone:  # jobs that expired without finishing must not block the tenant forever
+            self._redis.srem(key, *gone)
+        return len(members) - len(gone)
+
+    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
+        retry_after = self._rate(keys=[self._k("rate", tenant)], args=[limit_per_minute])
+        return float(retry_after) if retry_after is not None else None
+
+    # --- events -------------------------------------------------------------------------------------
+    def publish_event(self, job: Job) -> None:
+        self._redis.publish(self._k("events", job.id), job.status.value)
+
+    def subscribe(self, job_id: str) -> JobEvents:
+        return _RedisJobEvents(self.redis_url, self._k("events", job_id))
+
+    # --- adapters -----------------------------------------------------------------------------------
+    def put_adapter(self, record: dict[str, Any]) -> None:
+        tenant, adapter_id = check_adapter_record(record)
+        self._redis.hset(self._k("adapters", tenant), adapter_id, json.dumps(record, default=str))
+
+    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None:
+        raw = self._redis.hget(self._k("adapters", tenant), adapter_id)
+        return json.loads(raw) if raw is not None else None
+
+    def list_adapters(self, tenant: str) -> list[dict[str, Any]]:
+        return sort_adapters(json.loads(raw) for raw in self._redis.hvals(self._k("adapters", tenant)))
+
+    def delete_adapter(self, tenant: str, adapter_id: str) -> bool:
+        return bool(self._redis.hdel(self._k("adapters", tenant), adapter_id))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def flush_namespace(self) -> int:
+        """Delete every key of this namespace (tests and `fae` admin tooling); returns how many."""
+        deleted = 0
+        for batch in _batched(self._redis.scan_iter(match=f"{self._ns}:*", count=500), 500):
+            deleted += int(self._redis.delete(*batch))
+        return deleted
+
+
+def _batched(items: Any, size: int) -> Any:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _RedisJobEvents(JobEvents):
+    """Pub/sub on the job's channel with its own async connection (one per open stream)."""
+
+    def __init__(self, redis_url: str, channel: str) -> None:
+        self._redis_url, self._channel = redis_url, channel
+        self._client: aioredis.Redis | None = None
+        self._pubsub: Any = None
+
+    async def __aenter__(self) -> _RedisJobEvents:
+        self._client = aioredis.Redis.from_url(self._redis_url, socket_connect_timeout=5)
+        self._pubsub = self._client.pubsub()
+        await self._pubsub.subscribe(self._channel)
+        # Wait for the server's confirmation: only then is no later change missed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            message = await self._pubsub.get_message(timeout=deadline - loop.time())
+            if message is not None and message.get("type") == "subscribe":
+                break
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def wait(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 0.0)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            if message is not None:
+                while await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0):
+                    pass  # several changes collapse into one re-read
+                return True

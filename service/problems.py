@@ -1,0 +1,188 @@
+"""RFC 9457 problem details: every error the API returns is `application/problem+json`.
+
+Routes raise `ProblemError` (or a job-store error, mapped here); FastAPI's validation errors, routing
+errors (404/405) and anything unexpected (500, logged, internals hidden) are turned into problems by the
+handlers that `install_problem_handlers` registers.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.jobstore import IdempotencyConflict, InflightLimitExceeded, InvalidTransition, JobNotFound
+from service.logging import request_id_var
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:fae-serve:problem:"
+
+
+def problem_type(slug: str | None) -> str:
+    return TYPE_PREFIX + slug if slug else "about:blank"
+
+
+def problem_body(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    slug: str | None = None,
+    **extensions: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": problem_type(slug),
+        "title": title or _phrase(status),
+        "status": status,
+        "detail": detail or title or _phrase(status),
+    }
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    body.update({k: v for k, v in extensions.items() if v is not None})
+    return body
+
+
+def problem_response(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, title, detail, slug, **extensions),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+class ProblemError(Exception):
+    """Raise from a route or dependency to answer with a problem."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str | None = None,
+        detail: str | None = None,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or title or _phrase(status))
+        self.status, self.title, self.detail, self.slug = status, title, detail, slug
+        self.headers, self.extensions = headers, extensions
+
+    def response(self) -> JSONResponse:
+        return problem_response(
+            self.status, self.title, self.detail, self.slug, self.headers, **self.extensions
+        )
+
+
+def not_found(what: str = "job", identifier: str | None = None) -> ProblemError:
+    """404 for missing resources *and* other tenants' resources: existence is not disclosed."""
+    detail = f"no {what} {identifier!r} for this API key" if identifier else f"no such {what}"
+    return ProblemError(404, "Not Found", detail, slug="not-found")
+
+
+def too_many_requests(detail: str, retry_after_s: float, slug: str = "rate-limited") -> ProblemError:
+    seconds = max(1, int(retry_after_s + 0.999))
+    return ProblemError(
+        429,
+        "Too Many Requests",
+        detail,
+        slug=slug,
+        headers={"Retry-After": str(seconds)},
+        retry_after=seconds,
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _field_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without echoing inputs (they may be large or sensitive)."""
+    cleaned = []
+    for error in errors:
+        cleaned.append(
+            {
+                "loc": [str(part) for part in error.get("loc", ())],
+                "msg": str(error.get("msg", "invalid value")),
+                "type": str(error.get("type", "value_error")),
+            }
+        )
+    return cleaned
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc.errors())
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(part for part in first["loc"] if part != "body") or "request"
+        detail = f"{where}: {first['msg']}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        return problem_response(422, "Invalid request", detail, slug="validation-error", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path!r}; see /docs for the API"
+        slug = "body-too-large" if exc.status_code == 413 else None
+        return problem_response(exc.status_code, None, detail, slug, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(JobNotFound)
+    async def _job_not_found(request: Request, exc: JobNotFound) -> JSONResponse:
+        return not_found("job", exc.job_id).response()
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
+        return problem_response(409, "Conflict", str(exc), slug="invalid-transition")
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idempotency(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        detail = "this Idempotency-Key was already used with a different request body; use a new key"
+        return problem_response(422, "Idempotency key reused", detail, slug="idempotency-key-reused")
+
+    @app.exception_handler(InflightLimitExceeded)
+    async def _inflight(request: Request, exc: InflightLimitExceeded) -> JSONResponse:
+        detail = f"this tenant already has {exc.limit} unfinished jobs; retry when some finish"
+        return too_many_requests(detail, 5, slug="inflight-limit").response()
+
+    @app.exception_handler(redis.RedisError)
+    async def _store_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        logger.error("job store unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "the job store is unreachable; retry shortly",
+            slug="store-unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500,
+            "Internal Server Error",
+            "an unexpected error occurred; it was logged (quote the request_id when reporting it)",
+            slug="internal",
+        )

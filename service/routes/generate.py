@@ -1,0 +1,156 @@
+"""`POST /v1/generate`: validate against the model, admit, enqueue, optionally wait (`Prefer: wait=N`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
+from service.contract import GenerateRequest, Job, JobKind
+from service.deps import GenerateCaller, ServicesDep, get_queue
+from service.jobstore import JobStore, body_hash
+from service.models import ModelCatalog, ModelInfo
+from service.problems import ProblemError
+from service.queue import JobQueue
+from service.routes.common import present_job
+from service.settings import Settings
+from service.webhooks import WebhookURLRefused, check_webhook_url
+
+router = APIRouter(prefix="/v1", tags=["generate"])
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+(?:\.\d+)?))?(?=$|[,;\s])", re.IGNORECASE)
+
+
+def invalid(field: str, message: str) -> ProblemError:
+    """A 422 shaped like FastAPI's validation errors, for checks that need the model or the store."""
+    return ProblemError(
+        422,
+        "Invalid request",
+        f"{field}: {message}",
+        slug="validation-error",
+        errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
+    )
+
+
+def parse_prefer_wait(prefer: str | None, max_wait_s: float) -> float | None:
+    """Seconds to hold the request for `Prefer: wait=N` (bare `wait`: the maximum), capped."""
+    if not prefer:
+        return None
+    match = _PREFER_WAIT.search(prefer)
+    if match is None:
+        return None
+    requested = float(match.group(1)) if match.group(1) is not None else max_wait_s
+    return min(requested, max_wait_s)
+
+
+def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:
+    model = models.resolve(name)
+    if model is not None:
+        return model
+    known = [m.name for m in models.all()]
+    if not known:
+        raise ProblemError(503, "Service Unavailable", "no models are configured (FAE_MODELS)", "no-models")
+    raise invalid("model", f"unknown model {name!r}; available: {', '.join(known)} (GET /v1/models)")
+
+
+def check_condition(body: GenerateRequest, model: ModelInfo) -> None:
+    if model.condition_type == "class":
+        classes = f" (0..{model.num_classes - 1})" if model.num_classes else ""
+        if body.prompt is not None:
+            raise invalid("prompt", f"model {model.name!r} is class-conditional: send class_label{classes}")
+        if body.class_label is None:
+            raise invalid("class_label", f"model {model.name!r} needs a class_label{classes}")
+        if model.num_classes is not None and body.class_label >= model.num_classes:
+            raise invalid("class_label", f"{body.class_label} is out of range for {model.name!r}{classes}")
+    elif model.condition_type == "text":
+        if body.class_label is not None:
+            raise invalid("class_label", f"model {model.name!r} takes a text prompt, not class_label")
+        if body.prompt is None:
+            raise invalid("prompt", f"model {model.name!r} needs a prompt")
+    elif body.prompt is None and body.class_label is None:
+        raise invalid("prompt", "give a prompt or a class_label")
+
+
+def check_adapter(store: JobStore, tenant: str, body: GenerateRequest, model: ModelInfo) -> None:
+    if body.adapter is None:
+        return
+    record = store.get_adapter(tenant, body.adapter)
+    if record is None:
+        raise invalid("adapter", f"no adapter {body.adapter!r} for this API key (GET /v1/adapters)")
+    trained_for = record.get("model")
+    if trained_for and trained_for != model.name:
+        raise invalid(
+            "adapter", f"adapter {body.adapter!r} was trained for model {trained_for!r}, not {model.name!r}"
+        )
+
+
+def check_webhook(url: Any, settings: Settings) -> str | None:
+    if url is None:
+        return None
+    try:
+        return check_webhook_url(str(url), settings).url
+    except WebhookURLRefused as exc:
+        raise invalid("webhook_url", str(exc)) from exc
+
+
+def admit_generate(
+    services: ServicesDep, queue: JobQueue, tenant: str, body: GenerateRequest, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Everything between a valid body and a queued job (blocking: runs in a worker thread)."""
+    store, settings = services.store, services.settings
+    check_rate(store, settings, tenant)
+    payload = body.model_dump(mode="json")
+    digest = body_hash(payload)
+    if idempotency_key:
+        earlier = store.find_idempotent(tenant, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
+    model = resolve_model(services.models, body.model)
+    check_condition(body, model)
+    check_adapter(store, tenant, body, model)
+    webhook_url = check_webhook(body.webhook_url, settings)
+    check_capacity(store, settings, tenant, JobKind.generate)
+    payload["model"] = model.name
+    job = build_job(new_job_id(), JobKind.generate, tenant, model.name, payload, body.metadata, webhook_url)
+    return create_and_enqueue(store, queue, settings, job, idempotency_key, digest)
+
+
+@router.post(
+    "/generate",
+    response_model=Job,
+    status_code=202,
+    summary="Generate images",
+    responses={
+        200: {"description": "Finished within `Prefer: wait=N`: the finished job.", "model": Job},
+        202: {"description": "Accepted: poll the job at `Location` (or wait for its webhook)."},
+        422: {"description": "Invalid input (problem+json)."},
+        429: {"description": "Rate, in-flight or queue limit (problem+json, Retry-After)."},
+    },
+)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    principal: GenerateCaller,
+    services: ServicesDep,
+    queue: Annotated[JobQueue, Depends(get_queue)],
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Job:
+    job, created = await run_in_threadpool(
+        admit_generate, services, queue, principal.tenant, body, idempotency_key
+    )
+    wait_s = parse_prefer_wait(prefer, services.settings.max_wait_s)
+    if wait_s is not None and not job.status.terminal:
+        job = await services.store.wait_terminal(job.id, wait_s) or job
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.status_code = 200 if job.status.terminal else 202
+    return await run_in_threadpool(
+        present_job, job, services.store, services.storage, services.settings, request
+    )

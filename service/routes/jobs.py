@@ -1,0 +1,131 @@
+"""Jobs of either kind: read, list, cancel, and follow as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from service.contract import Job, JobKind, JobStatus
+from service.deps import Caller, ServicesDep, get_queue
+from service.jobstore import JobStore
+from service.problems import ProblemError
+from service.queue import JobQueue
+from service.routes.common import cancel_job, owned_job, present_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+# While nothing changes, an event stream still re-reads the job this often (queue positions move) and
+# sends a comment line (keeps proxies from closing an idle stream).
+_REREAD_S = 5.0
+
+
+class JobPage(BaseModel):
+    data: list[Job]
+    next_cursor: str | None
+
+
+@router.get("", response_model=JobPage, summary="List the caller's jobs, newest first")
+def list_jobs(
+    principal: Caller,
+    services: ServicesDep,
+    request: Request,
+    kind: JobKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+) -> JobPage:
+    try:
+        jobs, next_cursor = services.store.list_for_tenant(principal.tenant, kind, limit, cursor)
+    except ValueError as exc:
+        raise ProblemError(
+            422, "Invalid request", "cursor: not a cursor this API returned", "validation-error"
+        ) from exc
+    shown = [present_job(job, services.store, services.storage, services.settings, request) for job in jobs]
+    return JobPage(data=shown, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job, summary="A job: status, progress, outputs (presigned URLs)")
+def get_job(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> Job:
+    job = owned_job(services.store, principal.tenant, job_id)
+    return present_job(job, services.store, services.storage, services.settings, request)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Job,
+    summary="Cancel a job (queued: at once; running: at its next step)",
+    responses={202: {"description": "Running: the worker stops at its next denoising step."}},
+)
+def cancel(
+    job_id: JobId,
+    principal: Caller,
+    services: ServicesDep,
+    request: Request,
+    response: Response,
+    queue: Annotated[JobQueue, Depends(get_queue)],
+) -> Job:
+    job = owned_job(services.store, principal.tenant, job_id)
+    if not principal.has(job.kind.value):
+        raise ProblemError(
+            403, "Forbidden", f"this API key lacks the `{job.kind.value}` scope", "missing-scope"
+        )
+    result = cancel_job(services.store, queue, job)
+    response.status_code = 202 if result.status is JobStatus.running else 200
+    return present_job(result, services.store, services.storage, services.settings, request)
+
+
+def _sse(event: str, data: str, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
+
+
+async def job_events(
+    store: JobStore, job_id: str, render: Callable[[Job], Job], max_s: float
+) -> AsyncIterator[str]:
+    """`status` events when the status changes, `progress` events in between; ends at a terminal state,
+    when the job disappears, or after `max_s` (clients reconnect)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    last_status: JobStatus | None = None
+    last_seen: str | None = None
+    event_id = 0
+    async with store.subscribe(job_id) as events:
+        while True:
+            job = await run_in_threadpool(store.get, job_id)
+            if job is None:
+                yield _sse("error", json.dumps({"detail": "the job no longer exists"}), event_id + 1)
+                return
+            shown = await run_in_threadpool(render, job)
+            data = shown.model_dump_json()
+            if data != last_seen:
+                event_id += 1
+                yield _sse("status" if job.status is not last_status else "progress", data, event_id)
+                last_status, last_seen = job.status, data
+            remaining = deadline - loop.time()
+            if job.status.terminal or remaining <= 0:
+                return
+            if not await events.wait(min(_REREAD_S, remaining)):
+                yield ": keep-alive\n\n"
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-sent events of the job's status and progress until it ends",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def events(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> StreamingResponse:
+    owned_job(services.store, principal.tenant, job_id)
+
+    def render(job: Job) -> Job:
+        return present_job(job, services.store, services.storage, services.settings, request)
+
+    stream = job_events(services.store, job_id, render, services.settings.events_max_s)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

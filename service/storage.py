@@ -1,0 +1,310 @@
+"""Object storage behind one interface: S3 (boto3) in production, a local directory in embedded mode.
+
+Keys are S3-style (`tenants/<tenant>/jobs/<job>/0.png`). Local downloads go through the gateway's
+`GET /v1/files/{key}` with an HMAC signature over key and expiry, so a URL opens one object until it expires.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import hashlib
+import hmac
+import mimetypes
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, urlencode
+
+from service.contract import Job
+from service.settings import Settings
+
+FILES_ROUTE = "/v1/files/"
+_SIGNING_KEY_FILE = ".fae-signing-key"
+
+
+class InvalidKey(ValueError):
+    """An object key that could escape its storage root or is otherwise malformed."""
+
+
+def check_key(key: str) -> str:
+    """The key itself if it is a safe relative path (no `..`, no leading `/` or `.` segment)."""
+    if not key or len(key) > 1024 or "\\" in key or "\x00" in key or key.startswith("/"):
+        raise InvalidKey(f"invalid object key {key!r}")
+    if any(part in ("", "..") or part.startswith(".") for part in key.split("/")):
+        raise InvalidKey(f"invalid object key {key!r}")
+    return key
+
+
+def content_type_for(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+class Storage(abc.ABC):
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: Path | str, content_type: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError when missing."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key that starts with `prefix`, sorted."""
+
+    @abc.abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under `prefix`; returns how many."""
+
+    @abc.abstractmethod
+    def presign_get(self, key: str, expires_s: int) -> str:
+        """A URL that downloads the object without credentials until it expires."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool: ...
+
+    def download_prefix(self, prefix: str, dest_dir: Path | str) -> list[Path]:
+        """Copy every object under `prefix` into `dest_dir`, keeping the relative layout."""
+        dest = Path(dest_dir)
+        written = []
+        for key in self.list(prefix):
+            relative = key[len(prefix) :].lstrip("/")
+            if not relative:
+                continue
+            check_key(relative)
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.get_bytes(key))
+            written.append(target)
+        return written
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path | str, public_url: str = "", signing_key: bytes | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.public_url = public_url.rstrip("/")
+        self._signing_key = signing_key or self._load_or_create_signing_key()
+
+    def _load_or_create_signing_key(self) -> bytes:
+        """A per-directory random key, kept next to the data so URLs survive restarts."""
+        path = self.root / _SIGNING_KEY_FILE
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f"{_SIGNING_KEY_FILE}.", suffix=".tmp")
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.close(fd)
+                os.link(tmp, path)  # fails if another process got there first: then its key wins
+            except FileExistsError:
+                pass
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return path.read_bytes()
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise InvalidKey(f"invalid object key {key!r}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        _atomic_write(self.path_for(key), data)
+
+    def put_file(self, key: str, path: Path | str, content_type: str | None = None) -> None:
+        target = self.path_for(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self.path_for(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        # Walk only the deepest directory the prefix names, then filter by the rest of the prefix.
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.path_for(directory) if directory else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            relative = path.relative_to(self.root).as_posix()
+            if path.is_file() and relative.startswith(prefix) and not _hidden(relative):
+                keys.append(relative)
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self.path_for(key).unlink(missing_ok=True)
+        return len(keys)
+
+    def _signature(self, key: str, expires: int) -> str:
+        mac = hmac.new(self._signing_key, f"{key}\n{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        check_key(key)
+        expires = int(time.time()) + expires_s
+        query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
+        return f"{self.public_url}{FILES_ROUTE}{quote(key)}?{query}"
+
+    def verify(self, key: str, expires: int, signature: str) -> bool:
+        """True for an unexpired URL that presign_get made for exactly this key."""
+        if expires < time.time():
+            return False
+        return hmac.compare_digest(self._signature(key, expires), signature)
+
+    def ping(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK)
+
+
+class S3Storage(Storage):
+    def __init__(self, settings: Settings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket
+        config = Config(
+            s3={"addressing_style": "path" if settings.s3_path_style else "auto"},
+            signature_version="s3v4",
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        )
+        common = {
+            "region_name": settings.s3_region,
+            "aws_access_key_id": settings.s3_access_key_id,
+            "aws_secret_access_key": settings.s3_secret_access_key,
+            "config": config,
+        }
+        self._client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
+        # Presigned URLs carry the host in their signature: sign with the endpoint callers will use.
+        public = settings.s3_public_endpoint_url
+        self._presign_client = boto3.client("s3", endpoint_url=public, **common) if public else self._client
+
+    def _not_found(self, exc: Exception) -> bool:
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return False
+        return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        check_key(key)
+        self._client.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type or content_type_for(key)
+        )
+
+    def put_file(self, key: str, path: Path | str, content_type: str | None = None) -> None:
+        check_key(key)
+        extra = {"ContentType": content_type or content_type_for(key)}
+        self._client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if self._not_found(exc):
+                raise FileNotFoundError(key) from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except Exception as exc:
+            if self._not_found(exc):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return self._presign_client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+
+    def ping(self) -> bool:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:
+            return False
+
+    def create_bucket(self) -> None:
+        """Create the bucket if it does not exist (development setups; operators bring their own)."""
+        if not self.ping():
+            self._client.create_bucket(Bucket=self.bucket)
+
+
+def make_storage(settings: Settings, embedded: bool = False) -> Storage:
+    """S3 when configured (never in embedded mode); otherwise files under data_dir/storage."""
+    if settings.storage_backend == "s3" and not embedded:
+        return S3Storage(settings)
+    return LocalStorage(Path(settings.data_dir) / "storage", settings.public_url)
+
+
+def presign_outputs(job: Job, storage: Storage, expires_s: int) -> Job:
+    """The job with a fresh download URL and its expiry on every output (what callers and webhooks see)."""
+    if not job.outputs:
+        return job
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
+    outputs = [
+        output.model_copy(
+            update={"url": storage.presign_get(output.key, expires_s), "expires_at": expires_at}
+        )
+        for output in job.outputs
+    ]
+    return job.model_copy(update={"outputs": outputs})
+
+
+def _hidden(relative_key: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(relative_key).parts)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,308 @@
+"""Webhooks: who may be called (SSRF guard), how a payload is signed (Standard Webhooks), one delivery.
+
+Signature: `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{webhook-id}.{webhook-timestamp}.{body}")>`,
+with the secret the base64 after `whsec_`. Each tenant has its own secret (configured, or derived from the
+operator's signing key). The worker's webhook task calls `deliver` once per attempt and retries with
+`retry_delay_s`; `webhook-id` is the same on every attempt of one event, so receivers can deduplicate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from service import metrics
+from service.contract import Job
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+_SIGNING_KEY_FILE = "webhook-signing-key"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class WebhookURLRefused(ValueError):
+    """The URL is malformed or reaches an address webhooks may not call."""
+
+
+# --- URL validation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A validated URL and the addresses it may be delivered to (the connection is pinned to them)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+
+
+def _allowlist(raw: str) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
+    hosts: set[str] = set()
+    networks: list[IPNetwork] = []
+    for entry in filter(None, (item.strip() for item in raw.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            hosts.add(entry.lower().rstrip("."))
+    return frozenset(hosts), tuple(networks)
+
+
+def _is_public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
+
+
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        literal = ipaddress.ip_address(host)
+        return [literal]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise WebhookURLRefused(f"webhook host {host!r} does not resolve") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def check_webhook_url(url: str, settings: Settings) -> WebhookTarget:
+    """Resolve `url` and refuse private, loopback, link-local and other non-public addresses.
+
+    The operator's allow-list (`FAE_WEBHOOK_ALLOWLIST`: hosts or CIDRs) admits internal receivers.
+    """
+    parts = urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise WebhookURLRefused("webhook_url must be an http or https URL")
+    if parts.username or parts.password:
+        raise WebhookURLRefused("webhook_url must not carry credentials")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise WebhookURLRefused("webhook_url has no host")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise WebhookURLRefused("webhook_url has an invalid port") from exc
+    allowed_hosts, allowed_networks = _allowlist(settings.webhook_allowlist)
+    addresses = _resolve(host, port)
+    if not addresses:
+        raise WebhookURLRefused(f"webhook host {host!r} does not resolve")
+    if host not in allowed_hosts:
+        for address in addresses:
+            if not _is_public(address) and not any(address in network for network in allowed_networks):
+                raise WebhookURLRefused(
+                    f"webhook_url resolves to {address}, a private, loopback or link-local address; "
+                    "an operator can admit it with FAE_WEBHOOK_ALLOWLIST"
+                )
+    return WebhookTarget(str(url), scheme, host, port, tuple(addresses))
+
+
+def validate_webhook_url(url: str, settings: Settings) -> None:
+    check_webhook_url(url, settings)
+
+
+# --- secrets and signatures --------------------------------------------------------------------------
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def secret_bytes(secret: str) -> bytes:
+    encoded = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
+    return base64.b64decode(encoded)
+
+
+def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
+    """Receiver side, for our own tooling and docs: checks a delivery's signature and freshness."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        webhook_id, timestamp = lowered["webhook-id"], int(lowered["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, webhook_id, timestamp, body).encode()
+    offered = lowered.get("webhook-signature", "").split()
+    return any(hmac.compare_digest(expected, signature.encode()) for signature in offered)
+
+
+def _configured_secrets(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in raw.split(","))):
+        tenant, sep, secret = item.partition(":")
+        if not sep or not tenant or not secret:
+            raise ValueError("FAE_WEBHOOK_SECRETS entries must look like tenant:whsec_...")
+        out[tenant.strip()] = secret.strip()
+    return out
+
+
+@lru_cache(maxsize=8)
+def _persisted_signing_key(data_dir: str) -> bytes:
+    """Without FAE_WEBHOOK_SIGNING_KEY: a random key kept in data_dir (fine on one host; set it for more)."""
+    path = Path(data_dir) / _SIGNING_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_bytes(secrets.token_bytes(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # fails if another process got there first: then its key wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def secret_for_tenant(tenant: str, settings: Settings) -> str:
+    """The tenant's `whsec_` secret: configured in FAE_WEBHOOK_SECRETS, else derived from the signing key."""
+    configured = _configured_secrets(settings.webhook_secrets).get(tenant)
+    if configured:
+        return configured
+    if settings.webhook_signing_key:
+        key = settings.webhook_signing_key.encode()
+    else:
+        key = _persisted_signing_key(str(Path(settings.data_dir).resolve()))
+    derived = hmac.new(key, f"fae-webhook-secret:{tenant}".encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(derived).decode()
+
+
+# --- delivery ------------------------------------------------------------------------------------------
+
+Outcome = Literal["delivered", "error", "rejected", "refused"]
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """One attempt's result. `retryable`: try again later; otherwise the delivery is over."""
+
+    outcome: Outcome
+    webhook_id: str
+    status_code: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "delivered"
+
+    @property
+    def retryable(self) -> bool:
+        return self.outcome == "error"
+
+
+def webhook_id_for(job: Job) -> str:
+    """Stable across attempts of one event (one job reaching one status)."""
+    return f"msg_{job.id}_{job.status.value}"
+
+
+def payload_for(job: Job) -> bytes:
+    event = {
+        "type": f"job.{job.status.value}",
+        "timestamp": (job.finished_at or job.created_at).isoformat(),
+        "data": job.model_dump(mode="json"),
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def _pinned_url(target: WebhookTarget, address: IPAddress) -> str:
+    parts = urlsplit(target.url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return urlunsplit((parts.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
+
+
+def _host_header(target: WebhookTarget) -> str:
+    default = 443 if target.scheme == "https" else 80
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return host if target.port == default else f"{host}:{target.port}"
+
+
+def deliver(job: Job, url: str, secret: str, settings: Settings | None = None) -> DeliveryOutcome:
+    """POST the job to `url` once, signed; the URL is validated again and the connection pinned to the
+    validated address, so a DNS change between request and delivery cannot redirect it inward."""
+    settings = settings or get_settings()
+    webhook_id = webhook_id_for(job)
+    try:
+        target = check_webhook_url(url, settings)
+    except WebhookURLRefused as exc:
+        return _record(job, DeliveryOutcome("refused", webhook_id, detail=str(exc)))
+    body = payload_for(job)
+    timestamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "fae-serve-webhooks/1",
+        "host": _host_header(target),
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+    }
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        with httpx.Client(
+            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+        ) as client:
+            response = client.post(
+                _pinned_url(target, target.addresses[0]), content=body, headers=headers, extensions=extensions
+            )
+    except httpx.HTTPError as exc:
+        return _record(job, DeliveryOutcome("error", webhook_id, detail=f"{type(exc).__name__}: {exc}"))
+    status = response.status_code
+    if 200 <= status < 300:
+        return _record(job, DeliveryOutcome("delivered", webhook_id, status))
+    if status == 410:  # the receiver says this endpoint is gone for good
+        return _record(job, DeliveryOutcome("rejected", webhook_id, status, "receiver answered 410 Gone"))
+    return _record(job, DeliveryOutcome("error", webhook_id, status, f"receiver answered {status}"))
+
+
+def _record(job: Job, outcome: DeliveryOutcome) -> DeliveryOutcome:
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome.outcome).inc()
+    logger.info(
+        "webhook %s",
+        outcome.outcome,
+        extra={
+            "job_id": job.id,
+            "tenant": job.tenant,
+            "status_code": outcome.status_code,
+            "detail": outcome.detail,
+        },
+    )
+    return outcome
+
+
+def retry_delay_s(attempt: int, base_s: float = 5.0, cap_s: float = 3600.0) -> float:
+    """Wait before the attempt after `attempt` (from 1): 5 s, 20 s, 80 s ... up to `cap_s`, ±20 % jitter."""
+    delay = min(cap_s, base_s * 4 ** max(attempt - 1, 0))
+    return delay * random.uniform(0.8, 1.2)

@@ -1,0 +1,60 @@
+"""Structured logs: JSON lines with request/job/tenant ids from context, and no secret ever printed."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from service.logging import ContextFilter, JsonFormatter, TextFormatter, bind, redact, register_secret
+
+
+def capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger(f"test.{id(stream)}")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_every_line_carries_context_ids() -> None:
+    logger, stream = capture(JsonFormatter())
+    with bind(job_id="job-1", tenant="acme", request_id="req-9"):
+        logger.info("started %s", "now", extra={"step": 3})
+    logger.info("outside")
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inside["message"] == "started now" and inside["step"] == 3
+    assert (inside["job_id"], inside["tenant"], inside["request_id"]) == ("job-1", "acme", "req-9")
+    assert inside["level"] == "INFO" and inside["ts"]
+    assert outside["job_id"] is None and outside["tenant"] is None
+
+
+def test_secrets_are_masked_in_messages_extras_and_tracebacks() -> None:
+    register_secret("super-secret-api-key")
+    logger, stream = capture(JsonFormatter())
+    try:
+        raise ValueError("bad key super-secret-api-key")
+    except ValueError:
+        logger.exception(
+            "Authorization: Bearer abc.def-123 used; secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La",
+            extra={"url": "http://x/v1/files/k.png?expires=1&signature=SIGNATUREVALUE&X-Amz-Signature=abc"},
+        )
+    text = stream.getvalue()
+    for leaked in ("super-secret-api-key", "abc.def-123", "whsec_MfKQ", "SIGNATUREVALUE", "Signature=abc"):
+        assert leaked not in text, leaked
+    entry = json.loads(text)
+    assert "Bearer ***" in entry["message"] and "signature=***" in entry["url"]
+    assert "ValueError" in entry["exception"]
+
+
+def test_text_format_masks_too() -> None:
+    logger, stream = capture(TextFormatter())
+    with bind(job_id="j2"):
+        logger.warning("token Bearer zzz-top-secret")
+    line = stream.getvalue()
+    assert "job=j2" in line and "zzz-top-secret" not in line
+    assert redact("nothing to hide") == "nothing to hide"

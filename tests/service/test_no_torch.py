@@ -1,0 +1,26 @@
+"""The gateway process never imports torch (it must start fast and fit a CPU-only image)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+_PROBE = """
+import sys
+from service.app import create_app
+from service.settings import Settings
+app = create_app(Settings(api_keys="acme:acme-key-0001", data_dir=sys.argv[1]), embedded=False)
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "model", "worker") if m in sys.modules)
+print(",".join(heavy) or "clean")
+"""
+
+
+def test_gateway_imports_no_torch(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "clean"

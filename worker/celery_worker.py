@@ -1,0 +1,92 @@
+"""The worker's Celery app: ``celery -A worker.celery_worker worker --pool=solo -Q generate,webhooks``.
+
+Tasks take a job id only; everything else is in the job store. Signals tie the process's life to a
+``WorkerRuntime``: ``worker_init`` (before the consumer starts) loads and warms the model, ``worker_ready``
+marks the worker ready, ``worker_shutdown`` stops its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import signals
+
+from service.celery_app import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
+from service.logging import bind, configure_logging
+from service.queue import send_webhook_task
+from service.settings import Settings, get_settings
+from worker.runtime import WorkerRuntime
+from worker.webhooks import attempt_delivery
+
+log = logging.getLogger("fae.worker")
+
+app = make_celery(get_settings(), name="fae-worker")
+_settings: Settings | None = None
+_runtime: WorkerRuntime | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Use these settings instead of the environment's (``run_worker`` passes the CLI's)."""
+    global _settings
+    _settings = settings
+    app.conf.update(celery_config(settings))
+
+
+def runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("the worker runtime is not booted (tasks run only inside a started worker)")
+    return _runtime
+
+
+# A job store outage before a job starts must not lose the message (the job would stay queued forever):
+# such a task is sent again with backoff. Failures once the job runs are recorded on the job instead.
+_STORE_OUTAGE = {
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 20,
+}
+
+
+@app.task(name=TASK_GENERATE, ignore_result=True, **_STORE_OUTAGE)
+def generate(job_id: str) -> None:
+    runtime().execute(job_id)
+
+
+@app.task(name=TASK_FINETUNE, ignore_result=True, **_STORE_OUTAGE)
+def finetune(job_id: str) -> None:
+    runtime().execute(job_id)
+
+
+@app.task(name=TASK_WEBHOOK, ignore_result=True, **_STORE_OUTAGE)
+def webhook(job_id: str, attempt: int = 1) -> None:
+    rt = runtime()
+    assert rt.store is not None and rt.storage is not None
+    with bind(job_id=job_id):
+        retry_in = attempt_delivery(job_id, attempt, rt.store, rt.storage, rt.settings)
+    if retry_in is not None:
+        send_webhook_task(app, job_id, attempt + 1, countdown_s=retry_in)
+
+
+@signals.worker_init.connect
+def _boot(sender: Any = None, **_: Any) -> None:
+    global _runtime
+    settings = _settings or get_settings()
+    configure_logging(settings)
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    _runtime = WorkerRuntime(settings, queues)
+    _runtime.boot()
+
+
+@signals.worker_ready.connect
+def _ready(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.mark_consuming()
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.shutdown()

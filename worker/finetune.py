@@ -1,0 +1,120 @@
+"""The fine-tune job's plumbing: dataset in, training by ``model.finetune.run_finetune``, adapter out.
+
+The training itself belongs to the model stack. This module fetches the dataset from storage (the gateway's
+upload under ``contract.dataset_key``, or the caller's ``s3_prefix``), runs the trainer on the engine thread
+(it trains a copy of the generator, so the served model is untouched), uploads the adapter directory under
+``contract.adapter_key`` and registers the adapter, so ``/v1/generate`` can use it at once. A worker whose
+model stack has no ``model.finetune`` fails the job with reason ``not_implemented``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from service.contract import FinetuneParams, Job, adapter_key, dataset_key
+from service.jobstore import JobStore
+from service.settings import Settings
+from service.storage import Storage
+from worker.engine import Engine
+from worker.execute import JobFailure, ProgressWriter, Throttled
+from worker.scratch import fetch_prefix, scratch_path
+
+# What the trainer's report adds to the adapter record (the rest stays in the worker's log).
+ADAPTER_REPORT_KEYS = (
+    "base_fingerprint",
+    "condition_type",
+    "adapter_bytes",
+    "final_loss",
+    "total_duration_s",
+)
+
+
+def load_trainer() -> Callable[..., Any]:
+    try:
+        module = importlib.import_module("model.finetune")
+    except ImportError as exc:
+        if exc.name not in ("model.finetune", "model"):
+            raise  # model.finetune exists but something it needs is missing: a real error
+        module = None
+    trainer = getattr(module, "run_finetune", None)
+    if trainer is None:
+        raise JobFailure(
+            "not_implemented",
+            "fine-tuning is not available in this worker build yet (the model stack has no "
+            "model.finetune.run_finetune); the job was not run. Retry once the operator deploys a worker "
+            "that supports fine-tuning",
+        )
+    return trainer
+
+
+def run_finetune_job(
+    job: Job,
+    store: JobStore,
+    storage: Storage,
+    engine: Engine,
+    settings: Settings,
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """Train an adapter for the job; the fields to record on the succeeded job."""
+    trainer = load_trainer()
+    known = {k: v for k, v in job.request.items() if k in FinetuneParams.model_fields}
+    params = FinetuneParams.model_validate(known)
+    adapter_id = job.id  # one fine-tune, one adapter: the id is stable across redeliveries
+    prefix = params.s3_prefix or dataset_key(job.tenant, job.id)
+    if not prefix.startswith(f"tenants/{job.tenant}/"):  # the gateway checks this too; never trust one side
+        raise JobFailure("invalid_input", f"s3_prefix {prefix!r} is outside the tenant's part of the bucket")
+    # A stable work directory: a redelivery to this host resumes from the trainer's checkpoints.
+    workdir = scratch_path(settings, "finetunes", job.id)
+    try:
+        dataset_dir = fetch_prefix(storage, prefix, settings, "finetunes", job.id, "dataset")
+        files = [p for p in dataset_dir.rglob("*") if p.is_file()]
+        if not files:
+            raise JobFailure("invalid_input", f"the dataset at {prefix!r} is empty: upload images or a zip")
+        source = files[0] if len(files) == 1 and files[0].suffix.lower() == ".zip" else dataset_dir
+        output_dir = workdir / "adapter"
+        progress = ProgressWriter(store, job.id, settings.progress_interval_s)
+        cancel = Throttled(should_stop, settings.cancel_poll_s)
+
+        def train(pipeline: Any) -> dict[str, Any]:
+            return trainer(
+                images_dir=source,
+                out_dir=output_dir,
+                pipeline=pipeline,
+                steps=params.steps,
+                rank=params.rank,
+                learning_rate=params.learning_rate,
+                trigger_phrase=params.trigger_phrase,
+                progress_callback=lambda step, total, eta_s=None, loss=None, **_: progress(
+                    step, total, eta_s, loss
+                ),
+                cancel_check=cancel,
+                work_dir=workdir / "work",
+            )
+
+        report = engine.run_exclusive(job.model or params.model, train)
+        adapter_prefix = adapter_key(job.tenant, adapter_id)
+        storage.delete_prefix(adapter_prefix)  # a redelivered job replaces its own adapter, file for file
+        for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
+            storage.put_file(adapter_prefix + path.relative_to(output_dir).as_posix(), path)
+        store.put_adapter(
+            {
+                "id": adapter_id,
+                "tenant": job.tenant,
+                "model": engine.resolve_model(job.model or params.model),
+                "name": params.name,
+                "key": adapter_prefix,
+                "job_id": job.id,
+                "rank": params.rank,
+                "steps": params.steps,
+                "trigger_phrase": params.trigger_phrase,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **{k: report[k] for k in ADAPTER_REPORT_KEYS if k in report},
+            }
+        )
+        return {"adapter_id": adapter_id}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

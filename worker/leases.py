@@ -1,0 +1,189 @@
+"""Leases on running jobs: the heartbeat that renews one, and the reaper that requeues expired ones.
+
+A worker that starts a job takes a lease in the job store and a heartbeat thread renews it every
+``heartbeat_s``. A worker killed by SIGKILL or the OOM killer stops renewing; within ``lease_s`` plus
+``reaper_interval_s`` some other worker's reaper sees the expired lease and either requeues the job (sends its
+task again) or, when the job has already been delivered ``max_deliveries`` times, parks it in the dead-letter
+list as failed with reason ``dead_lettered``. A Redis lock makes sure only one reaper acts at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service import metrics
+from service.contract import Job, JobStatus
+from service.jobstore import InvalidTransition, JobStore
+from service.settings import Settings
+
+log = logging.getLogger("fae.worker.leases")
+
+REAPER_LOCK_NAME = "reaper:lock"
+
+
+class Heartbeat:
+    """Renews a job's lease in a background thread; ``lost`` is set once the lease is someone else's."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, settings: Settings) -> None:
+        self._store, self._job_id, self._worker_id = store, job_id, worker_id
+        self._lease_s, self._interval_s = settings.lease_s, settings.heartbeat_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fae-heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                renewed = self._store.renew_lease(self._job_id, self._worker_id, self._lease_s)
+            except Exception:  # a Redis blip: try again next beat; the lease outlives a few misses
+                log.warning("lease renewal failed; retrying", extra={"job_id": self._job_id}, exc_info=True)
+                continue
+            if not renewed:
+                log.error(
+                    "lease lost: the reaper gave this job to another worker; abandoning it",
+                    extra={"job_id": self._job_id, "worker_id": self._worker_id},
+                )
+                self.lost.set()
+                return
+
+
+@dataclass
+class ReapReport:
+    requeued: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)
+    skipped: bool = False  # another reaper held the lock
+
+
+def reap_once(
+    store: JobStore,
+    settings: Settings,
+    requeue: Callable[[Job], None],
+    on_terminal: Callable[[Job], None] | None = None,
+    lock: RedisLock | None = None,
+) -> ReapReport:
+    """One reaper pass: requeue or dead-letter every running job whose lease ran out.
+
+    ``requeue`` sends the job's task again; ``on_terminal`` gets jobs this pass made terminal (webhooks).
+    """
+    report = ReapReport()
+    if lock is not None and not lock.acquire():
+        report.skipped = True
+        return report
+    try:
+        for job_id in store.expired_leases():
+            job = store.get(job_id)
+            if job is None or job.status is not JobStatus.running:
+                continue
+            deliveries = max(job.attempts, 1)
+            if deliveries >= settings.max_deliveries:
+                reason = (
+                    f"the job's worker died {deliveries} times while running it (limit "
+                    f"{settings.max_deliveries}); it was moved to the dead-letter list. Check the request, "
+                    "then replay it from the admin API"
+                )
+                store.dead_letter(job_id, reason)
+                metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="dead_lettered").inc()
+                metrics.JOBS_TOTAL.labels(kind=job.kind.value, status=JobStatus.failed.value).inc()
+                report.dead_lettered.append(job_id)
+                log.error("job dead-lettered", extra={"job_id": job_id, "tenant": job.tenant})
+                final = store.get(job_id)
+                if on_terminal is not None and final is not None and final.status.terminal:
+                    on_terminal(final)
+                continue
+            try:
+                queued = store.transition(job_id, JobStatus.queued)
+            except InvalidTransition:  # it finished or was requeued since we looked
+                continue
+            metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="worker_lost").inc()
+            requeue(queued)
+            report.requeued.append(job_id)
+            log.warning(
+                "worker lost: job requeued",
+                extra={"job_id": job_id, "tenant": job.tenant, "deliveries": deliveries},
+            )
+    finally:
+        if lock is not None:
+            lock.release()
+    return report
+
+
+class RedisLock:
+    """A lock with a time limit (SET NX PX), so a reaper that dies holding it blocks nobody for long."""
+
+    def __init__(self, redis_url: str, name: str, ttl_s: float) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._name, self._ttl_ms = name, max(int(ttl_s * 1000), 1000)
+        self._token = uuid.uuid4().hex
+
+    def acquire(self) -> bool:
+        return bool(self._redis.set(self._name, self._token, nx=True, px=self._ttl_ms))
+
+    def release(self) -> None:
+        # Delete only our own token: the lock may have timed out and been taken by another reaper.
+        self._redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1,
+            self._name,
+            self._token,
+        )
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def reaper_lock(settings: Settings) -> RedisLock:
+    return RedisLock(
+        settings.redis_url, f"{settings.redis_namespace}:{REAPER_LOCK_NAME}", ttl_s=settings.lease_s
+    )
+
+
+class Reaper:
+    """``reap_once`` every ``reaper_interval_s`` in a daemon thread (every worker runs one)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        requeue: Callable[[Job], None],
+        on_terminal: Callable[[Job], None] | None = None,
+    ) -> None:
+        self._store, self._settings = store, settings
+        self._requeue, self._on_terminal = requeue, on_terminal
+        self._lock = reaper_lock(settings)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Reaper:
+        self._thread = threading.Thread(target=self.run_forever, name="fae-reaper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+        self._lock.close()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                reap_once(self._store, self._settings, self._requeue, self._on_terminal, self._lock)
+            except Exception:
+                log.exception("reaper pass failed; trying again next interval")
+            self._stop.wait(max(self._settings.reaper_interval_s - (time.monotonic() - started), 0.05))

@@ -1,0 +1,77 @@
+"""Process entry points: ``run_worker`` (``fae worker``) and ``run_reaper`` (``fae reaper``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from service.celery_app import ALL_QUEUES
+from service.settings import Settings
+
+log = logging.getLogger("fae.worker")
+
+
+def check_queues(queues: Sequence[str]) -> list[str]:
+    chosen = [q.strip() for q in queues if q.strip()]
+    unknown = sorted(set(chosen) - set(ALL_QUEUES))
+    if not chosen or unknown:
+        raise ValueError(
+            f"unknown or missing queues {unknown or chosen}; choose from {', '.join(ALL_QUEUES)}"
+        )
+    return chosen
+
+
+def run_worker(settings: Settings, queues: Sequence[str]) -> int:
+    """Run a Celery worker (solo pool, concurrency 1) on ``queues``; blocks until the worker stops.
+
+    The model is loaded and warmed before the consumer starts (see ``worker.celery_worker``); run one such
+    process per GPU (``FAE_DEVICE=cuda:N``). A worker for ``webhooks`` alone loads no model.
+    """
+    chosen = check_queues(queues)
+    from worker import celery_worker
+
+    celery_worker.configure(settings)
+    argv = [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={','.join(chosen)}",
+        f"--hostname=fae-{os.getpid()}@%h",
+        f"--loglevel={settings.log_level}",
+        # No broadcast chatter between workers: they coordinate through the job store.
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
+    celery_worker.app.worker_main(argv)
+    return 0
+
+
+def run_reaper(settings: Settings, once: bool = False) -> int:
+    """Run the lease reaper alone (every worker already runs one; this is for operators and cron)."""
+    from service.jobstore import RedisJobStore
+    from service.queue import CeleryJobQueue
+    from worker.leases import Reaper, reap_once, reaper_lock
+
+    store = RedisJobStore(settings.redis_url, settings)
+    sender = CeleryJobQueue(settings)
+    try:
+        if once:
+            lock = reaper_lock(settings)
+            report = reap_once(store, settings, sender.enqueue, sender.notify_terminal, lock)
+            lock.close()
+            log.info(
+                "reaper pass done",
+                extra={
+                    "requeued": report.requeued,
+                    "dead_lettered": report.dead_lettered,
+                    "skipped": report.skipped,
+                },
+            )
+            return 0
+        Reaper(store, settings, sender.enqueue, sender.notify_terminal).run_forever()
+        return 0
+    finally:
+        sender.stop()
+        store.close()
