@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .presets import PRESETS
+    from .preset_configs import PRESETS
 
     info = sub.add_parser("model-info", help="parameter count of each component of a preset (meta device)")
     info.add_argument("--preset", required=True, choices=sorted(PRESETS))
@@ -48,6 +48,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "-o", "--out", type=Path, default=Path("out.png"), help="PNG path; with --n > 1, a suffix _i"
     )
     gen.set_defaults(handler=generate)
+
+    from .training.cli import add_training_commands
+
+    add_training_commands(sub)
 
 
 def model_info(args: argparse.Namespace) -> int:

@@ -85,7 +85,9 @@ class ImageDataset:
             with PIL.Image.open(record.path) as image:
                 return image_to_tensor(image, size)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
-            raise DatasetError(f"{record.relpath} could not be read any more ({exc}); was the dataset changed?") from exc
+            raise DatasetError(
+                f"{record.relpath} could not be read any more ({exc}); was the dataset changed?"
+            ) from exc
 
     def batches(self, size: int, batch_size: int) -> Iterator[torch.Tensor]:
         """All images in order as uint8 batches B×3×size×size."""
@@ -239,14 +241,20 @@ def extract_zip_safely(
         if len(members) > max_entries:
             raise DatasetError(f"{archive} has {len(members)} files; at most {max_entries} are accepted")
         if sum(info.file_size for info in members) > max_bytes:
-            raise DatasetError(f"{archive} unpacks to more than {max_bytes // 2**20} MiB; use a smaller archive")
+            raise DatasetError(
+                f"{archive} unpacks to more than {max_bytes // 2**20} MiB; use a smaller archive"
+            )
         targets = []
         for info in members:
             name = PurePosixPath(info.filename.replace("\\", "/"))
             if name.is_absolute() or ".." in name.parts or ":" in info.filename:
-                raise DatasetError(f"{archive} contains an unsafe path {info.filename!r}; refusing to extract it")
+                raise DatasetError(
+                    f"{archive} contains an unsafe path {info.filename!r}; refusing to extract it"
+                )
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise DatasetError(f"{archive} contains a symbolic link {info.filename!r}; refusing to extract it")
+                raise DatasetError(
+                    f"{archive} contains a symbolic link {info.filename!r}; refusing to extract it"
+                )
             targets.append((info, name))
 
         def write(tmp: str) -> None:
@@ -284,8 +292,12 @@ def open_image_dataset(
         source = extract_zip_safely(source, extract_dir)
     dataset = scan_image_folder(source, max_images=max_images)
     if len(dataset) < min_images:
-        detail = f" ({len(dataset.skipped)} files skipped, e.g. {dataset.skipped[0].relpath}: " \
-            f"{dataset.skipped[0].reason})" if dataset.skipped else ""
+        detail = (
+            f" ({len(dataset.skipped)} files skipped, e.g. {dataset.skipped[0].relpath}: "
+            f"{dataset.skipped[0].reason})"
+            if dataset.skipped
+            else ""
+        )
         raise DatasetError(
             f"{source} has {len(dataset)} usable images{detail}; at least {min_images} are needed"
         )

@@ -20,6 +20,7 @@ def write_directory_atomically(dest: Path, write: Callable[[str], object], overw
         raise FileExistsError(f"{dest} already exists and is not empty; choose another path or remove it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model or adapter directory is read by other users too
     try:
         write(str(tmp))
         if dest.exists():

@@ -45,7 +45,8 @@ class CachedFeatures:
         images, flips = _split(items)
         features = torch.from_numpy(self.features[images, flips].astype(np.float32))
         pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[images]))
-        pixels = torch.where(torch.from_numpy(flips)[:, None, None, None], pixels.flip(-1), pixels)
+        flipped = torch.from_numpy(flips.astype(bool))[:, None, None, None]
+        pixels = torch.where(flipped, pixels.flip(-1), pixels)
         return features.to(device), (pixels.to(device).float() / 127.5 - 1.0)
 
 
@@ -80,7 +81,7 @@ class CachedLatents:
 
 def _split(items: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     items = items.cpu().numpy()
-    return items // 2, (items % 2).astype(bool)
+    return items // 2, items % 2
 
 
 def _with_flips(images: torch.Tensor) -> torch.Tensor:
@@ -149,8 +150,12 @@ class LatentCache:
             n, tokens, width = len(dataset), encoder.num_tokens, encoder.feature_dim
 
             def write(tmp: str) -> None:
-                features = np.lib.format.open_memmap(f"{tmp}/features.npy", "w+", dtype, (n, 2, tokens, width))
-                pixels = np.lib.format.open_memmap(f"{tmp}/pixels.npy", "w+", np.uint8, (n, 3, image_size, image_size))
+                features = np.lib.format.open_memmap(
+                    f"{tmp}/features.npy", "w+", dtype, (n, 2, tokens, width)
+                )
+                pixels = np.lib.format.open_memmap(
+                    f"{tmp}/pixels.npy", "w+", np.uint8, (n, 3, image_size, image_size)
+                )
                 start = 0
                 for images in dataset.batches(image_size, batch_size):
                     stop = start + images.shape[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import secrets
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,9 @@ class FAEPipeline(DiffusionPipeline):
         return StepBatcher(self.scheduler, self.latent_shape, self.device, self.generator.dtype)
 
     # --- LoRA adapters (logic in model/adapters.py) ---------------------------------------------------
-    def load_adapter(self, path: str | Any, adapter_id: str | None = None, scale: float = 1.0) -> str:
+    def load_adapter(
+        self, path: str | os.PathLike[str], adapter_id: str | None = None, scale: float = 1.0
+    ) -> str:
         """Activate the adapter at `path` (kept in an in-memory LRU by id); refuses one made for another base."""
         from .adapters import adapter_manager
 

@@ -36,7 +36,11 @@ class CheckpointStore:
             return []
         found = []
         for path in self.directory.iterdir():
-            if path.name.startswith(_PREFIX) and (path / "meta.json").is_file() and (path / "state.pt").is_file():
+            if (
+                path.name.startswith(_PREFIX)
+                and (path / "meta.json").is_file()
+                and (path / "state.pt").is_file()
+            ):
                 try:
                     found.append(int(path.name[len(_PREFIX) :]))
                 except ValueError:
@@ -49,24 +53,37 @@ class CheckpointStore:
 
     def save(self, step: int, state: dict[str, Any], fingerprint: dict[str, Any]) -> Path:
         buffer = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "step": step, "fingerprint": fingerprint, "state": state}, buffer)
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "step": step, "fingerprint": fingerprint, "state": state}, buffer
+        )
 
         def write(tmp: str) -> None:
             Path(tmp, "state.pt").write_bytes(buffer.getbuffer())
-            meta = {"step": step, "format": CHECKPOINT_FORMAT, "saved_at": time.time(), "fingerprint": fingerprint}
+            meta = {
+                "step": step,
+                "format": CHECKPOINT_FORMAT,
+                "saved_at": time.time(),
+                "fingerprint": fingerprint,
+            }
             Path(tmp, "meta.json").write_text(json.dumps(meta, indent=2, default=str))
 
         path = write_directory_atomically(self.directory / checkpoint_name(step), write, overwrite=True)
         self._prune()
         return path
 
-    def load(self, step: int, fingerprint: dict[str, Any], map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    def load(
+        self, step: int, fingerprint: dict[str, Any], map_location: torch.device | str = "cpu"
+    ) -> dict[str, Any]:
         """The task state saved at `step`; refuses a checkpoint made with other settings or data."""
         path = self.directory / checkpoint_name(step) / "state.pt"
         payload = torch.load(path, map_location=map_location, weights_only=True)
         saved = payload.get("fingerprint", {})
-        if json.dumps(saved, sort_keys=True, default=str) != json.dumps(fingerprint, sort_keys=True, default=str):
-            differences = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        if json.dumps(saved, sort_keys=True, default=str) != json.dumps(
+            fingerprint, sort_keys=True, default=str
+        ):
+            differences = sorted(
+                k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+            )
             raise InvalidInputError(
                 f"the checkpoint in {path.parent} was made with different settings or data "
                 f"({', '.join(differences)} differ); resume with the same settings, or use a new output directory"

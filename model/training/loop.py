@@ -35,7 +35,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def lr_multiplier(schedule: str, warmup: int, total: int):  # noqa: ANN201 - a step -> factor function
+def lr_multiplier(schedule: str, warmup: int, total: int):
     """Linear warm-up, then constant or cosine decay to zero at `total`."""
 
     def factor(step: int) -> float:
@@ -145,13 +145,22 @@ def run_loop(task: TrainingTask, options: LoopOptions, device: torch.device) -> 
             task.load_state_dict(store.load(latest, task.fingerprint(), map_location=device))
             start = latest
     if start > options.steps:
-        raise InvalidInputError(f"the checkpoint is at step {start}, past the {options.steps} steps asked for")
+        raise InvalidInputError(
+            f"the checkpoint is at step {start}, past the {options.steps} steps asked for"
+        )
 
     result = LoopResult(task=task.name, steps=options.steps, start_step=start)
     reporter = ProgressReporter(
-        options.steps, start, task.images_per_step, task.name, options.progress_callback, options.show_progress
+        options.steps,
+        start,
+        task.images_per_step,
+        task.name,
+        options.progress_callback,
+        options.show_progress,
     )
     began = time.perf_counter()
+    # Denormal floats (e.g. from sharp attention softmaxes) make CPU matmuls several times slower.
+    flush_denormal = torch.set_flush_denormal(True) if device.type == "cpu" else False
     try:
         for step in range(start, options.steps):
             seed = derive_seed(options.seed, task.name, "step", step)
@@ -171,6 +180,8 @@ def run_loop(task: TrainingTask, options: LoopOptions, device: torch.device) -> 
                 store.save(done, task.state_dict(), task.fingerprint())
     finally:
         reporter.close()
+        if flush_denormal:
+            torch.set_flush_denormal(False)
     result.duration_s = time.perf_counter() - began
     result.images_per_s = reporter.images_per_second(options.steps)
     task.finish()

@@ -1,0 +1,92 @@
+"""The presets' configurations as plain data (no torch): the CLI lists them without loading the model stack.
+
+See model/presets.py for what each preset is and how it is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-imagenet": {
+        "encoder": {"kind": "dinov2", "path": None, "image_size": 224, "feature_dim": 1536, "grid_size": 16},
+        "compressor": {"num_heads": 24, "head_dim": 256, "latent_channels": 32},
+        "feature_decoder": {"depth": 6, "num_heads": 24, "mlp_hidden": 4096},
+        "pixel_decoder": {"patch_size": 16, "hidden_size": 1024, "depth": 24, "num_heads": 16},
+        "generator": {
+            "kind": "lightning-dit",
+            "hidden_size": 1152,
+            "depth": 28,
+            "num_heads": 16,
+            "num_classes": 1000,
+        },
+        "scheduler": {"shift": 2.5},
+        "text_encoder": None,
+    },
+    "paper-t2i": {
+        "encoder": {"kind": "dinov2", "path": None, "image_size": 224, "feature_dim": 1536, "grid_size": 16},
+        "compressor": {"num_heads": 24, "head_dim": 256, "latent_channels": 32},
+        "feature_decoder": {"depth": 6, "num_heads": 24, "mlp_hidden": 4096},
+        "pixel_decoder": {"patch_size": 16, "hidden_size": 1024, "depth": 24, "num_heads": 16},
+        "generator": {"kind": "mmdit", "hidden_size": 1024, "depth": 16, "num_heads": 16},
+        "scheduler": {"shift": 2.5},
+        "text_encoder": {"kind": "t5", "path": None, "max_length": 128, "text_dim": 2048},
+    },
+    "demo": {
+        "encoder": {
+            "kind": "efficientnet-lite0",
+            "image_size": 128,
+            "stage": "stride16",
+            "feature_dim": 112,
+            "grid_size": 8,
+        },
+        "compressor": {"num_heads": 4, "head_dim": 64, "latent_channels": 16},
+        "feature_decoder": {"depth": 4, "num_heads": 4, "mlp_hidden": 512},
+        "pixel_decoder": {"patch_size": 16, "hidden_size": 384, "depth": 6, "num_heads": 6},
+        "generator": {"kind": "mmdit", "hidden_size": 384, "depth": 8, "num_heads": 6},
+        "scheduler": {"shift": 1.5},
+        "text_encoder": {"kind": "minilm", "max_length": 32, "text_dim": 384},
+    },
+    "tiny": {
+        "encoder": {
+            "kind": "tiny-vit",
+            "image_size": 32,
+            "patch_size": 4,
+            "width": 32,
+            "depth": 1,
+            "num_heads": 2,
+            "feature_dim": 32,
+            "grid_size": 8,
+        },
+        "compressor": {"num_heads": 2, "head_dim": 16, "latent_channels": 4},
+        "feature_decoder": {"depth": 1, "num_heads": 2, "mlp_hidden": 64},
+        "pixel_decoder": {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2},
+        "generator": {
+            "kind": "lightning-dit",
+            "hidden_size": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "num_classes": 10,
+        },
+        "scheduler": {"shift": 1.0},
+        "text_encoder": None,
+    },
+    "tiny-t2i": {
+        "encoder": {
+            "kind": "tiny-vit",
+            "image_size": 32,
+            "patch_size": 4,
+            "width": 32,
+            "depth": 1,
+            "num_heads": 2,
+            "feature_dim": 32,
+            "grid_size": 8,
+        },
+        "compressor": {"num_heads": 2, "head_dim": 16, "latent_channels": 4},
+        "feature_decoder": {"depth": 1, "num_heads": 2, "mlp_hidden": 64},
+        "pixel_decoder": {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2},
+        "generator": {"kind": "mmdit", "hidden_size": 32, "depth": 2, "num_heads": 2},
+        "scheduler": {"shift": 1.0},
+        "text_encoder": {"kind": "hash", "embed_dim": 32, "max_length": 16, "text_dim": 32},
+    },
+}
