@@ -47,6 +47,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scheduler": {"shift": 1.5},
         "text_encoder": {"kind": "minilm", "max_length": 32, "text_dim": 384},
     },
+    # The demo recipe at a size a 2-core CPU trains in well under an hour: the same encoders, 64 px output
+    # (encoder input 128 px, stride-16 tokens, pixel patch 8).
+    "demo-cpu": {
+        "encoder": {
+            "kind": "efficientnet-lite0",
+            "image_size": 128,
+            "stage": "stride16",
+            "feature_dim": 112,
+            "grid_size": 8,
+        },
+        "compressor": {"num_heads": 4, "head_dim": 32, "latent_channels": 16},
+        "feature_decoder": {"depth": 2, "num_heads": 4, "mlp_hidden": 448},
+        "pixel_decoder": {"patch_size": 8, "hidden_size": 192, "depth": 4, "num_heads": 4},
+        "generator": {"kind": "mmdit", "hidden_size": 192, "depth": 6, "num_heads": 4},
+        "scheduler": {"shift": 1.5},
+        "text_encoder": {"kind": "minilm", "max_length": 16, "text_dim": 384},
+    },
     "tiny": {
         "encoder": {
             "kind": "tiny-vit",

@@ -1,7 +1,7 @@
 """`fae`: the one console script. Subcommands import their heavy parts only when they run.
 
 - `fae serve [--embedded]`: the gateway (embedded: with an in-process worker, memory job store, local storage);
-- `fae worker`: a Celery GPU worker;
+- `fae worker`: a Celery GPU worker; `fae reaper`: the lease reaper on its own;
 - model commands (`model-info`, `model-init`, `generate`, `train`, `finetune`): see model/cli.py.
 """
 
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", help="comma-separated queues (default FAE_WORKER_QUEUES)")
     worker.set_defaults(handler=worker_command)
 
+    reaper = sub.add_parser("reaper", help="requeue jobs whose worker died (every worker also runs one)")
+    reaper.add_argument("--once", action="store_true", help="one pass, then exit")
+    reaper.set_defaults(handler=reaper_command)
+
     from model.cli import add_commands
 
     add_commands(sub)
@@ -56,6 +60,14 @@ def worker_command(args: argparse.Namespace) -> int:
     settings = get_settings()
     queues = args.queues or settings.worker_queues
     return run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()]) or 0
+
+
+def reaper_command(args: argparse.Namespace) -> int:
+    from worker.main import run_reaper
+
+    from .settings import get_settings
+
+    return run_reaper(get_settings(), once=args.once)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

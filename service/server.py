@@ -52,11 +52,16 @@ def run_server(settings: Settings, embedded: bool = False) -> int:
         if not settings.public_url:
             settings.public_url = base
         if key:
+            from .models import describe_models
+
+            models = describe_models(settings)
+            text = bool(models) and models[0].condition_type == "text"
+            body = '{"prompt": "red apple"}' if text else '{"class_label": 1}'
             print(
                 f"\nfae-serve embedded mode on {base}\n"
                 f"  development API key (stored in {Path(settings.data_dir) / DEV_KEY_FILE}):\n    {key}\n"
                 f"  try: curl -s -H 'Authorization: Bearer {key}' -H 'Prefer: wait=60' "
-                f"-H 'Content-Type: application/json' -d '{{\"prompt\": \"red apple\"}}' {base}/v1/generate\n",
+                f"-H 'Content-Type: application/json' -d '{body}' {base}/v1/generate\n",
                 file=sys.stderr,
                 flush=True,
             )

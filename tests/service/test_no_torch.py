@@ -24,3 +24,22 @@ def test_gateway_imports_no_torch(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "clean"
+
+
+_CLI_PROBE = """
+import sys
+from service.cli import build_parser
+args = build_parser().parse_args(["serve", "--port", "8123"])
+assert args.handler.__name__ == "serve_command"
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "worker") if m in sys.modules)
+print(",".join(heavy) or "clean")
+"""
+
+
+def test_fae_serve_command_line_imports_no_torch() -> None:
+    """`fae serve` builds the whole CLI (model commands included) before it starts the gateway."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CLI_PROBE], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "clean"
