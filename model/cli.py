@@ -7,6 +7,7 @@ imports what it needs when it runs. Handlers return a process exit code.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -87,6 +88,7 @@ def resolve_device(name: str) -> str:
 
 
 def generate(args: argparse.Namespace) -> int:
+    from .io import write_bytes_atomically
     from .loading import load_pipeline
 
     pipe = load_pipeline(args.model, device=resolve_device(args.device))
@@ -107,10 +109,9 @@ def generate(args: argparse.Namespace) -> int:
     progress.close()  # type: ignore[attr-defined]
     paths = _output_paths(args.out, len(out.images))
     for path, image, seed in zip(paths, out.images, out.seeds, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_bytes_atomically(path, buffer.getvalue())
         print(f"{path}  seed={seed}")
     return 0
 
