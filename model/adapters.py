@@ -75,7 +75,10 @@ def adapter_state(generator: nn.Module, adapter_id: str) -> dict[str, torch.Tens
 
 
 def strip_lora(module: nn.Module) -> nn.Module:
-    """Replace every LoRA-wrapped layer by its base layer (in place); returns the module."""
+    """Replace every LoRA-wrapped layer (peft's or adapter slots') by its base layer (in place); returns it."""
+    from .lora_slots import detach_slots
+
+    detach_slots(module)
     for name, layer in lora_layers(module):
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
@@ -245,7 +248,14 @@ class AdapterManager:
 
     def load(self, path: Path | str, adapter_id: str | None = None, scale: float = 1.0) -> str:
         """Load (or reuse from the LRU) the adapter at `path` and make it the active one; returns its id."""
+        from .lora_slots import has_adapter_slots
+
         scale = check_scale(scale)
+        if has_adapter_slots(self.generator):
+            raise AdapterError(
+                "this generator serves adapters from fixed slots (model/lora_slots.py): load them with "
+                "AdapterSlots.load, not through peft"
+            )
         with self._lock:
             signature = file_signature(path)
             if (

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .lora_slots import has_adapter_slots
+
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -164,8 +166,12 @@ def example_generator_inputs(
     x = torch.randn(batch, *pipe.latent_shape, device=device, dtype=dtype)
     t = torch.rand(batch, device=device)
     if pipe.condition_type == "class":
-        return (x, t), {"class_labels": torch.randint(0, pipe.num_classes, (batch,), device=device)}
-    return (x, t), pipe.encode_text(["a photo"] * batch)
+        kwargs = {"class_labels": torch.randint(0, pipe.num_classes, (batch,), device=device)}
+    else:
+        kwargs = pipe.encode_text(["a photo"] * batch)
+    if has_adapter_slots(pipe.generator):  # warm the signature served calls use (model/lora_slots.py)
+        kwargs["adapter_slots"] = torch.zeros(batch, dtype=torch.long, device=device)
+    return (x, t), kwargs
 
 
 @torch.no_grad()

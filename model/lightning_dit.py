@@ -23,6 +23,7 @@ from .layers import (
     sincos_2d,
     tokens_to_grid,
 )
+from .lora_slots import route_adapter_slots
 
 
 class DiTBlock(nn.Module):
@@ -106,7 +107,14 @@ class LightningDiT(ModelMixin, ConfigMixin):
     def null_condition(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {"class_labels": torch.full((batch_size,), self.null_class, dtype=torch.long, device=device)}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        class_labels: torch.Tensor,
+        adapter_slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/lora_slots.py)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.grid_size, cfg.grid_size):
             raise InvalidInputError(
@@ -116,6 +124,7 @@ class LightningDiT(ModelMixin, ConfigMixin):
         h = self.x_embedder(grid_to_tokens(x)) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(class_labels)
         rope = (self.rope_cos.to(h.dtype), self.rope_sin.to(h.dtype))
+        route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h = block(h, c, rope)
         return tokens_to_grid(self.final_layer(h, c), cfg.grid_size)

@@ -27,6 +27,7 @@ from .layers import (
     tokens_to_grid,
 )
 from .lightning_dit import FinalLayer, zero_init_adaln
+from .lora_slots import route_adapter_slots
 
 
 class StreamLayers(nn.Module):
@@ -123,7 +124,9 @@ class MMDiT(ModelMixin, ConfigMixin):
         text_tokens: torch.Tensor,
         text_mask: torch.Tensor,
         text_pooled: torch.Tensor,
+        adapter_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/lora_slots.py)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.grid_size, cfg.grid_size):
             raise InvalidInputError(
@@ -138,6 +141,7 @@ class MMDiT(ModelMixin, ConfigMixin):
         )
         attn_mask = keep[:, None, None, :]
         rope = (self.rope_cos.to(h.dtype), self.rope_sin.to(h.dtype))
+        route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h, ctx = block(h, ctx, c, attn_mask, rope)
         return tokens_to_grid(self.final_layer(h, c), cfg.grid_size)

@@ -231,12 +231,24 @@ class FAEPipeline(DiffusionPipeline):
         seed: int | Sequence[int] | None = None,
         sampler: str = "euler",
         key: Hashable = None,
+        adapter_slot: int = 0,
     ) -> list[Sample]:
-        """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index)."""
+        """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index).
+
+        With LoRA slots attached to the generator (model/lora_slots.py), every sample's cond and uncond rows
+        carry `adapter_slots` (`adapter_slot`, 0 for none), so samples with different adapters share a batch.
+        """
+        from .lora_slots import NO_ADAPTER, has_adapter_slots
+
         check_steps(num_inference_steps)
         check_sampler(sampler)
         schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
         cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
+        if has_adapter_slots(self.generator):
+            slots = torch.full((batch,), adapter_slot, dtype=torch.long, device=self.device)
+            cond, uncond = {**cond, "adapter_slots": slots}, {**uncond, "adapter_slots": slots}
+        elif adapter_slot != NO_ADAPTER:
+            raise InvalidInputError("adapter_slot needs adapter slots attached to the generator")
         seeds = self.resolve_seeds(seed, batch)
         return [
             Sample(

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     cuda_graphs: bool = False
     compile_cache_dir: Path | None = None
     max_batch_size: int = Field(default=32, ge=1)
+    # LoRA slots per model (slot 0 is "no adapter"): adapters switch and mix within one batch without a
+    # recompile; adapters above adapter_max_rank are refused. 0 keeps the peft path (one adapter per batch).
+    adapter_slots: int = Field(default=8, ge=0)
+    adapter_max_rank: int = Field(default=32, ge=1)
     # The worker's own small HTTP server: /healthz, /readyz (model loaded and warmed), /metrics.
     worker_http_port: int = Field(default=9101, ge=0, le=65535)
     # Directory holding Prometheus multi-process files (PROMETHEUS_MULTIPROC_DIR is set from it).

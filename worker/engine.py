@@ -132,9 +132,13 @@ class Engine:
         test_crash_on_prompt: str = "",
         max_batch_size: int = 32,
         accelerated: Mapping[str, Mapping[str, Any]] | None = None,
+        adapter_slots: int = 0,
+        adapter_max_rank: int = 32,
     ) -> None:
         """`accelerated`: per model, compiled and bucketed forwards from `model.compiled.accelerate_pipeline`
-        (generator, feature_decoder, pixel_decoder); models without one run eagerly."""
+        (generator, feature_decoder, pixel_decoder); models without one run eagerly. `adapter_slots` > 0
+        attaches that many LoRA slots to every generator (model/lora_slots.py): jobs with different adapters
+        then share one batch; 0 keeps peft (one active adapter, one group per adapter)."""
         if not pipelines:
             raise ValueError("an engine needs at least one pipeline")
         self._pipelines = dict(pipelines)
@@ -147,6 +151,19 @@ class Engine:
         self.max_batch_size = max_batch_size
         self._fast: dict[str, Mapping[str, Any]] = dict(accelerated or {})
         self._pending: queue.Queue[GenerationHandle | _Exclusive | None] = queue.Queue()
+        self._slots: dict[str, Any] = {}  # model -> model.lora_slots.AdapterSlots
+        if adapter_slots > 0:
+            from model.lora_slots import AdapterSlots
+            from model.pipeline import MAX_IMAGES_PER_CALL
+
+            # Rows per generator call: a batch's conditional plus unconditional rows (a bucket never exceeds
+            # that: larger calls are split); one job of the largest size may run alone above max_batch_size.
+            max_rows = 2 * max(max_batch_size, MAX_IMAGES_PER_CALL)
+            for name, pipe in self._pipelines.items():
+                self._slots[name] = AdapterSlots.attach(
+                    pipe.generator, adapter_slots, adapter_max_rank, max_batch=max_rows
+                )
+        self._deferred: list[GenerationHandle] = []  # admitted, waiting for an adapter slot to free up
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.ready = False
@@ -186,6 +203,8 @@ class Engine:
             device=device,
             test_step_delay_s=settings.test_step_delay_s,
             test_crash_on_prompt=settings.test_crash_on_prompt,
+            adapter_slots=settings.adapter_slots,
+            adapter_max_rank=settings.adapter_max_rank,
         )
 
     # --- public API ----------------------------------------------------------------------------------
@@ -298,12 +317,12 @@ class Engine:
     def _loop(self) -> None:
         """Step-level batching: between denoising steps, admit what was submitted; then step every group.
 
-        A group is the jobs that can share a generator call: same model, same adapter. Groups take turns,
-        one step each, so a long job never blocks a short one behind it.
+        A group is the jobs that can share a generator call: same model, and (without adapter slots) same
+        adapter. Groups take turns, one step each, so a long job never blocks a short one behind it.
         """
         groups: dict[tuple[str, str | None, float], _Group] = {}
         while True:
-            block = not groups
+            block = not groups and not self._deferred
             while True:
                 try:
                     item = self._pending.get(block=block)
@@ -312,6 +331,8 @@ class Engine:
                 block = False
                 if item is None:
                     self._fail_all(groups, RuntimeError("the engine was closed"))
+                    for handle in self._deferred:
+                        handle._future.set_exception(RuntimeError("the engine was closed"))
                     return
                 if isinstance(item, _Exclusive):
                     if item.future.set_running_or_notify_cancel():
@@ -322,6 +343,9 @@ class Engine:
                 self._step_group(group)
                 if group.engine.idle:
                     del groups[key]
+            deferred, self._deferred = self._deferred, []
+            for handle in deferred:  # slots may have been released by finished jobs
+                self._admit_running(handle, groups)
 
     def _admit(self, handle: GenerationHandle, groups: dict[tuple[str, str | None, float], _Group]) -> None:
         if not handle._future.set_running_or_notify_cancel():
@@ -331,14 +355,28 @@ class Engine:
             # Test-only poison job: die the way an OOM kill does, with no chance to clean up.
             log.error("test crash hook matched the prompt: killing this process")
             os.kill(os.getpid(), signal.SIGKILL)
+        self._admit_running(handle, groups)
+
+    def _admit_running(
+        self, handle: GenerationHandle, groups: dict[tuple[str, str | None, float], _Group]
+    ) -> None:
+        """Prepare a running job's samples (loading its adapter) and add them to its group's batch."""
+        from model.engine import DenoisingEngine, EngineJob
+        from model.lora_slots import NO_ADAPTER, AdapterSlotsFull
+
         if handle.cancel_requested():
             handle._future.set_exception(GenerationCanceled("canceled before generation started"))
             return
-        from model.engine import DenoisingEngine, EngineJob
-
+        request = handle.request
         pipe = self._pipelines[handle.model]
+        slots = self._slots.get(handle.model)
+        slot, adapter_id = NO_ADAPTER, None
         try:
-            adapter_id = self._load_adapter(pipe, request.adapter)
+            if slots is None:
+                adapter_id = self._load_adapter(pipe, request.adapter)
+            elif request.adapter is not None:  # the slot selects the adapter per sample: no peft activation
+                spec = request.adapter
+                slot = slots.load(spec.local_dir, spec.adapter_id, spec.scale)
             samples = pipe.prepare_samples(
                 request.prompt,
                 request.class_label,
@@ -349,12 +387,21 @@ class Engine:
                 request.seed,
                 request.sampler,
                 key=id(handle),
+                adapter_slot=slot,
             )
+        except AdapterSlotsFull as exc:
+            if groups:  # running jobs hold every slot: try again after the next round of steps
+                self._deferred.append(handle)
+            else:
+                handle._future.set_exception(exc)
+            return
         except BaseException as exc:  # bad input: delivered to the waiter, the engine carries on
+            if slots is not None:
+                slots.release(slot)
             handle._future.set_exception(exc)
             return
-        scale = request.adapter.scale if request.adapter else 1.0
-        group_key = (handle.model, adapter_id, scale)
+        scale = request.adapter.scale if request.adapter and slots is None else 1.0
+        group_key = (handle.model, adapter_id, scale)  # with slots: one group per model
         group = groups.get(group_key)
         if group is None:
             forward = self._fast.get(handle.model) if adapter_id is None else None
@@ -367,6 +414,7 @@ class Engine:
             group = groups[group_key] = _Group(handle.model, adapter_id, scale, engine)
         clock = _StepClock()
         group.handles[id(handle)] = (handle, clock)
+        group.slots[id(handle)] = slot
         group.engine.add(EngineJob(id(handle), samples, on_step=partial(self._on_step, handle, clock)))
 
     def _on_step(self, handle: GenerationHandle, clock: _StepClock, step: int, total: int) -> bool:
@@ -382,7 +430,8 @@ class Engine:
 
         pipe = self._pipelines[group.model]
         try:
-            self._activate_adapter(pipe, group)
+            if group.model not in self._slots:
+                self._activate_adapter(pipe, group)
             started = time.perf_counter()
             results = group.engine.step()
             metrics.DENOISE_STEP_SECONDS.observe(time.perf_counter() - started)
@@ -392,10 +441,12 @@ class Engine:
             for key in list(group.handles):
                 group.engine.cancel(key)
                 handle, _ = group.handles.pop(key)
+                self._release_slot(group, key)
                 handle._future.set_exception(exc)
             return
         for result in results:
             handle, clock = group.handles.pop(result.key)
+            self._release_slot(group, result.key)
             if result.canceled or result.images is None:
                 step = clock.steps
                 handle._future.set_exception(GenerationCanceled(f"generation canceled after step {step}"))
@@ -410,6 +461,12 @@ class Engine:
                     steps_run=clock.steps,
                 )
             )
+
+    def _release_slot(self, group: _Group, key: int) -> None:
+        slot = group.slots.pop(key, 0)
+        slots = self._slots.get(group.model)
+        if slots is not None:
+            slots.release(slot)
 
     def _activate_adapter(self, pipe: Any, group: _Group) -> None:
         """Make the group's adapter (or none) the active one, only when it is not already."""
@@ -445,13 +502,14 @@ class Engine:
 
 @dataclass
 class _Group:
-    """Jobs that share generator calls: one model, one adapter at one scale."""
+    """Jobs that share generator calls: one model, and without adapter slots one adapter at one scale."""
 
     model: str
     adapter_id: str | None
     scale: float
     engine: Any  # model.engine.DenoisingEngine (torch is imported only on the engine thread's side)
     handles: dict[int, tuple[GenerationHandle, _StepClock]] = field(default_factory=dict)
+    slots: dict[int, int] = field(default_factory=dict)  # job -> the adapter slot its samples hold
 
 
 @dataclass

@@ -123,6 +123,83 @@ def test_concurrent_requests_share_denoising_steps(tiny_pipeline: Any) -> None:
         engine.close()
 
 
+def test_jobs_with_different_adapters_share_denoising_steps_with_slots(tmp_path: Path) -> None:
+    """With adapter slots, two jobs with different adapters run in the same generator calls and each still gets
+    its adapter's one-at-a-time images; the slots are given back when the jobs finish."""
+    from service import metrics
+
+    pipe, specs = _pipeline_with_adapters(tmp_path)
+    engine = Engine({"tiny": pipe}, max_batch_size=8, adapter_slots=4, adapter_max_rank=4)
+    jobs = [GenerationRequest(class_label=1, steps=4, seed=5, adapter=spec) for spec in specs]
+    try:
+        alone = [engine.run(job) for job in jobs]
+        base = engine.run(GenerationRequest(class_label=1, steps=4, seed=5))
+        before = _batch_size_sum(metrics)
+        gate = threading.Event()
+        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
+        blocker.start()
+        handles = [engine.submit(job) for job in jobs]
+        gate.set()
+        blocker.join(10)
+        together = [h.result(timeout=30) for h in handles]
+        assert _batch_size_sum(metrics) - before == 8  # 4 steps of one batch of 2 rows
+        images = [np.asarray(r.images[0], dtype=int) for r in (*alone, *together, base)]
+        assert np.abs(images[0] - images[2]).max() <= 1 and np.abs(images[1] - images[3]).max() <= 1
+        assert np.abs(images[0] - images[1]).max() > 8 and np.abs(images[0] - images[4]).max() > 8
+        slots = engine._slots["tiny"]
+        assert all(slots.users(slots.slot_of(spec.adapter_id)) == 0 for spec in specs)
+    finally:
+        engine.close()
+
+
+def _pipeline_with_adapters(directory: Path) -> tuple[Any, list[AdapterSpec]]:
+    """A fresh tiny pipeline whose blocks matter, and two random adapters for it (brand-a, brand-b)."""
+    import copy
+
+    import torch
+
+    from model import FAEPipeline
+    from model.adapters import inject, lora_config, save_adapter
+    from model.fingerprint import module_fingerprint
+
+    pipe = FAEPipeline.from_preset("tiny", seed=0)
+    with torch.no_grad():  # adaLN-Zero: an untrained generator ignores its blocks (and so its adapters)
+        for p in pipe.generator.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    specs = []
+    for seed, name in enumerate(("brand-a", "brand-b")):
+        generator = copy.deepcopy(pipe.generator)
+        torch.manual_seed(seed)
+        inject(generator, lora_config(2, 8.0), name)
+        with torch.no_grad():
+            for param_name, p in generator.named_parameters():
+                if "lora_B" in param_name:
+                    p.normal_(0.0, 1.0)  # strong enough to move a 4-step tiny image well past rounding
+        out = save_adapter(directory / name, generator, name, 2, 8.0, module_fingerprint(pipe.generator), {})
+        specs.append(AdapterSpec(name, out))
+    return pipe, specs
+
+
+def test_a_job_waits_for_an_adapter_slot_when_all_are_held(tmp_path: Path) -> None:
+    """One adapter slot, two adapters submitted together: the second job waits for the first to finish."""
+    pipe, specs = _pipeline_with_adapters(tmp_path)
+    engine = Engine({"tiny": pipe}, max_batch_size=8, adapter_slots=2, adapter_max_rank=2)
+    jobs = [GenerationRequest(class_label=1, steps=3, seed=5, adapter=spec) for spec in specs]
+    try:
+        gate = threading.Event()
+        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
+        blocker.start()
+        handles = [engine.submit(job) for job in jobs]
+        gate.set()
+        blocker.join(10)
+        together = [h.result(timeout=30) for h in handles]
+        alone = engine.run(jobs[1])
+        assert [r.steps_run for r in together] == [3, 3]
+        assert np.array_equal(np.asarray(together[1].images[0]), np.asarray(alone.images[0]))
+    finally:
+        engine.close()
+
+
 def _batch_size_sum(metrics: Any) -> float:
     return _sample(metrics, "_sum")
 
