@@ -190,7 +190,8 @@ class Engine:
         accelerated: dict[str, Any] = {}
         if settings.compile or settings.cuda_graphs:
             configure_compile_cache(settings.compile_cache_dir)
-            buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < 2 * settings.max_batch_size]
+            # Guidance can double a batch's rows: buckets reach twice the sample limit.
+            buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= 2 * settings.max_batch_size]
             for name, pipe in pipelines.items():
                 accelerated[name] = accelerate_pipeline(
                     pipe, buckets, compile=settings.compile, cuda_graphs=settings.cuda_graphs
@@ -373,6 +374,9 @@ class Engine:
         slot, adapter_id = NO_ADAPTER, None
         try:
             if slots is None:
+                if self._would_evict_live_adapter(pipe, request.adapter, groups):
+                    self._deferred.append(handle)  # retried once a running job frees its adapter
+                    return
                 adapter_id = self._load_adapter(pipe, request.adapter)
             elif request.adapter is not None:  # the slot selects the adapter per sample: no peft activation
                 spec = request.adapter
@@ -469,15 +473,25 @@ class Engine:
             slots.release(slot)
 
     def _activate_adapter(self, pipe: Any, group: _Group) -> None:
-        """Make the group's adapter (or none) the active one, only when it is not already."""
+        """Make the group's adapter at the group's scale (or none) the active one before its step.
+
+        Activating only sets flags and scales, so it is done every step: two groups may share an adapter at
+        different scales, and it keeps live adapters most recently used in the manager's LRU.
+        """
         manager = getattr(pipe, "__dict__", {}).get("_adapter_manager")
-        active = manager.active if manager is not None else None
-        if group.adapter_id == active:
-            return
-        if group.adapter_id is None:
-            pipe.unload_adapter()
-        else:
+        if group.adapter_id is not None:
             manager.activate(group.adapter_id, group.scale)
+        elif manager is not None and manager.active is not None:
+            pipe.unload_adapter()
+
+    @staticmethod
+    def _would_evict_live_adapter(pipe: Any, adapter: AdapterSpec | None, groups: dict) -> bool:
+        """Without slots, loading one more adapter into a full cache would evict one a running group uses."""
+        manager = getattr(pipe, "__dict__", {}).get("_adapter_manager")
+        if adapter is None or manager is None or adapter.adapter_id in manager.loaded:
+            return False
+        live = {g.adapter_id for g in groups.values() if g.adapter_id is not None}
+        return bool(groups) and len(live) >= manager.capacity
 
     @staticmethod
     def _fail_all(groups: dict, exc: BaseException) -> None:

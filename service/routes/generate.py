@@ -101,13 +101,14 @@ def admit_generate(
 ) -> tuple[Job, bool]:
     """Everything between a valid body and a queued job (blocking: runs in a worker thread)."""
     store, settings = services.store, services.settings
-    check_rate(store, settings, tenant)
     payload = body.model_dump(mode="json")
     digest = body_hash(payload)
+    # A retry of a request that already made its job gets that job back, whatever the rate budget says.
     if idempotency_key:
         earlier = store.find_idempotent(tenant, idempotency_key, digest)
         if earlier is not None:
             return earlier, False
+    check_rate(store, settings, tenant)
     model = resolve_model(services.models, body.model)
     check_condition(body, model)
     check_adapter(store, tenant, body, model)

@@ -167,6 +167,18 @@ def test_rate_limit_answers_429_with_retry_after(make_gateway, headers) -> None:
     )
 
 
+def test_an_idempotent_retry_is_not_rate_limited(make_gateway, headers) -> None:
+    """A client that lost the response retries with its key: it gets its job back, not a 429."""
+    gw = make_gateway(rate_limit_per_minute=1)
+    key = {**headers("acme"), "Idempotency-Key": "lost-response"}
+    first = gw.client.post("/v1/generate", json={"class_label": 1}, headers=key)
+    assert first.status_code == 202
+    for _ in range(3):
+        retry = gw.client.post("/v1/generate", json={"class_label": 1}, headers=key)
+        assert retry.status_code == 202 and retry.json()["id"] == first.json()["id"]
+    assert_problem(gw.client.post("/v1/generate", json={"class_label": 1}, headers=headers("acme")), 429)
+
+
 def test_inflight_and_queue_depth_limits_answer_429(make_gateway, headers) -> None:
     gw = make_gateway(max_inflight_per_tenant=2)
     for _ in range(2):

@@ -214,3 +214,33 @@ def _sample(metrics: Any, suffix: str) -> float:
             if sample.name.endswith(suffix):
                 return sample.value
     raise AssertionError(f"fae_batch_size{suffix} not exported")
+
+
+def test_same_adapter_at_two_scales_without_slots_keeps_each_scale(tmp_path: Path) -> None:
+    """Peft path (slots off): two groups share one adapter at different scales; each job gets its own scale."""
+    import dataclasses
+
+    pipe, specs = _pipeline_with_adapters(tmp_path)
+    engine = Engine({"tiny": pipe}, max_batch_size=8, adapter_slots=0)
+    try:
+        half = GenerationRequest(
+            class_label=1, steps=4, seed=5, adapter=dataclasses.replace(specs[0], scale=0.5)
+        )
+        full = GenerationRequest(class_label=1, steps=4, seed=5, adapter=specs[0])
+        alone = [engine.run(half), engine.run(full)]
+        gate = threading.Event()
+        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
+        blocker.start()
+        handles = [engine.submit(half), engine.submit(full)]
+        gate.set()
+        blocker.join(10)
+        together = [h.result(timeout=30) for h in handles]
+
+        def pixels(result: Any) -> np.ndarray:
+            return np.asarray(result.images[0], dtype=int)
+
+        assert np.abs(pixels(alone[0]) - pixels(alone[1])).max() > 5  # the scale matters
+        for a, b in zip(alone, together, strict=True):
+            assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    finally:
+        engine.close()
