@@ -82,8 +82,7 @@ def bench_forward(
     compiled = BucketedForward(eager, buckets=batches, compile=True, cuda_graphs=False)
     graphed = None
     if graphs:  # the same compiled function, replayed as CUDA graphs
-        graphed = BucketedForward(eager, buckets=batches, compile=False, cuda_graphs=True)
-        graphed.fn = compiled.fn
+        graphed = BucketedForward(eager, buckets=batches, cuda_graphs=True, fn=compiled.fn)
     for batch in batches:
         args, kwargs = example_generator_inputs(pipe, batch)
         flops = forward_flops(eager, args, kwargs)

@@ -62,14 +62,21 @@ class BucketedForward:
         compile: bool = True,
         cuda_graphs: bool = True,
         compile_mode: str | None = None,
+        fn: Callable[..., torch.Tensor] | None = None,
     ) -> None:
+        """`fn`: an already compiled function of `module` to reuse (e.g. the same kernels with and without
+        CUDA graphs); otherwise `module` is compiled here when `compile` is set."""
         self.module = module
         self.buckets = tuple(sorted(buckets))
         device = next(module.parameters()).device
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self.fn: Callable[..., torch.Tensor] = (
-            torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=False) if compile else module
-        )
+        if fn is None:
+            fn = (
+                torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=False)
+                if compile
+                else module
+            )
+        self.fn: Callable[..., torch.Tensor] = fn
         self._graphs: dict[tuple, _Graph] = {}
         self._pool = None
 

@@ -478,20 +478,26 @@ class Engine:
         Activating only sets flags and scales, so it is done every step: two groups may share an adapter at
         different scales, and it keeps live adapters most recently used in the manager's LRU.
         """
-        manager = getattr(pipe, "__dict__", {}).get("_adapter_manager")
+        from model.adapters import adapter_manager
+
+        manager = adapter_manager(pipe)
         if group.adapter_id is not None:
             manager.activate(group.adapter_id, group.scale)
-        elif manager is not None and manager.active is not None:
+        elif manager.active is not None:
             pipe.unload_adapter()
 
     @staticmethod
     def _would_evict_live_adapter(pipe: Any, adapter: AdapterSpec | None, groups: dict) -> bool:
         """Without slots, loading one more adapter into a full cache would evict one a running group uses."""
-        manager = getattr(pipe, "__dict__", {}).get("_adapter_manager")
-        if adapter is None or manager is None or adapter.adapter_id in manager.loaded:
+        from model.adapters import adapter_manager
+
+        if adapter is None or not groups:
+            return False
+        manager = adapter_manager(pipe)
+        if adapter.adapter_id in manager.loaded:
             return False
         live = {g.adapter_id for g in groups.values() if g.adapter_id is not None}
-        return bool(groups) and len(live) >= manager.capacity
+        return len(live) >= manager.capacity
 
     @staticmethod
     def _fail_all(groups: dict, exc: BaseException) -> None:
