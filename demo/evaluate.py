@@ -133,7 +133,7 @@ def write_grid(
         images = generate(pipe, captions, [settings.seed + i for i in range(len(captions))], settings, "grid")
     else:
         captions, images = captions[: settings.grid_count], images[: settings.grid_count]
-    save_grid(path, sample_grid(to_output(images, "pil"), captions))
+    save_grid(path, sample_grid(to_output(images, "pil"), captions, columns=8))
 
 
 def evaluate(

@@ -4,6 +4,9 @@ Fetches two pinned npm packages with `npm pack` (the only network use), takes ea
 styles, composites it onto white and writes (see demo/README.md for the format):
 
     OUT/train/<unified>-<style>.png + .txt    caption sidecar, e.g. "red apple, food & drink, noto style"
+    OUT/train/captions.jsonl                  caption variants per image, which training draws among:
+                                              the full caption, "red apple", "red apple, noto style",
+                                              "red apple, food & drink"
     OUT/heldout/<unified>-<style>.png + .txt  the evaluation split (about 10% of the emoji, both styles)
     OUT/manifest.jsonl                        one line per image: file, caption, name, category, style, split, ...
     OUT/dataset.json                          sources, pinned versions, counts, caption template, split rule
@@ -58,6 +61,12 @@ def build_caption(name: str, category: str, style: str) -> str:
     return CAPTION_TEMPLATE.format(
         name=normalize_text(name), category=normalize_text(category), style=normalize_text(style)
     )
+
+
+def caption_variants(name: str, category: str, style: str) -> list[str]:
+    """The full caption first, then the shorter ones a user types ("red apple"); training draws among them."""
+    name, category, style = (normalize_text(v) for v in (name, category, style))
+    return [build_caption(name, category, style), name, f"{name}, {style} style", f"{name}, {category}"]
 
 
 def is_heldout(unified: str, fraction: float = HELDOUT_FRACTION) -> bool:
@@ -163,6 +172,14 @@ def prepare_dataset(package_dirs: Mapping[str, Path], out_dir: Path, size: int =
         raise EmojiDataError("no emoji images were found in the packages")
     lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in manifest)
     (out_dir / "manifest.jsonl").write_text(lines, encoding="utf-8")
+    for split in SPLITS:  # the training loader's manifest: each image's caption variants (model/data.py)
+        variants = [
+            {"file": Path(e["file"]).name, "caption": caption_variants(e["name"], e["category"], e["style"])}
+            for e in manifest
+            if e["split"] == split
+        ]
+        text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in variants)
+        (out_dir / split / "captions.jsonl").write_text(text, encoding="utf-8")
     return _summary(manifest, skipped, missing, size)
 
 

@@ -5,7 +5,8 @@ Layout of a folder (searched recursively, in sorted order; hidden files and `__M
   images or do not decode are skipped and listed in `ImageDataset.skipped` (never fatal);
 - captions: a sidecar `NAME.txt` next to `NAME.png`, or a JSONL manifest `captions.jsonl` / `metadata.jsonl` at
   the root with lines `{"file": "rel/path.png", "caption": "...", "label": 3}` (`file_name` is accepted for
-  `file`; the manifest wins over a sidecar);
+  `file`; the manifest wins over a sidecar). A manifest caption may be a list of strings: variants of one
+  caption (e.g. the full caption and its short name), of which training draws one per sample and step;
 - class labels (class-conditional training only): the manifest's `label`, else, when every image sits in a
   first-level subfolder, the sorted subfolder names (the ImageFolder convention); else none.
 A zip is extracted first (see `extract_zip_safely`). S3 prefixes are downloaded to a folder by the service.
@@ -48,6 +49,7 @@ class ImageRecord:
     sha256: str
     caption: str | None = None
     label: int | None = None
+    caption_variants: tuple[str, ...] = ()  # further captions of the same image (a manifest list)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class ImageDataset:
 
     def captions(self) -> list[str]:
         return [r.caption or "" for r in self.records]
+
+    def caption_choices(self) -> list[tuple[str, ...]]:
+        """Every caption of each image, its first caption first ("" for an uncaptioned image)."""
+        return [(r.caption or "", *r.caption_variants) for r in self.records]
 
     def labels(self) -> list[int] | None:
         if any(r.label is None for r in self.records):
@@ -161,16 +167,21 @@ def _is_ignored(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
 
 
-def _caption_from(entry: dict[str, Any] | None, sidecar: Path) -> str | None:
-    caption = None
-    if entry is not None and isinstance(entry.get("caption"), str):
-        caption = entry["caption"]
-    elif sidecar.is_file():
-        caption = sidecar.read_text(encoding="utf-8", errors="replace")
-    if caption is None:
-        return None
-    caption = " ".join(caption.split())[:MAX_CAPTION_CHARS]
-    return caption or None
+def _clean_caption(text: str) -> str:
+    return " ".join(text.split())[:MAX_CAPTION_CHARS]
+
+
+def _captions_from(entry: dict[str, Any] | None, sidecar: Path) -> tuple[str | None, tuple[str, ...]]:
+    """(first caption, further variants); the manifest's caption (a string or a list of strings) wins."""
+    value = entry.get("caption") if entry is not None else None
+    texts = [value] if isinstance(value, str) else []
+    if isinstance(value, list):
+        texts = [v for v in value if isinstance(v, str)]
+    if not texts and sidecar.is_file():
+        texts = [sidecar.read_text(encoding="utf-8", errors="replace")]
+    # de-duplicated in order, empty ones dropped
+    cleaned = list(dict.fromkeys(c for c in (_clean_caption(t) for t in texts) if c))
+    return (cleaned[0], tuple(cleaned[1:])) if cleaned else (None, ())
 
 
 def scan_image_folder(root: Path, max_images: int | None = None) -> ImageDataset:
@@ -206,10 +217,10 @@ def scan_image_folder(root: Path, max_images: int | None = None) -> ImageDataset
                 f"{root} holds more than {max_images} usable images; the limit is {max_images}: use a smaller set"
             )
     labels, class_names = _labels(root, found)
-    records = [
-        ImageRecord(path, relpath, digest, _caption_from(entry, path.with_suffix(".txt")), label)
-        for (path, relpath, digest, entry), label in zip(found, labels, strict=True)
-    ]
+    records = []
+    for (path, relpath, digest, entry), label in zip(found, labels, strict=True):
+        caption, variants = _captions_from(entry, path.with_suffix(".txt"))
+        records.append(ImageRecord(path, relpath, digest, caption, label, variants))
     return ImageDataset(root=root, records=records, skipped=skipped, class_names=class_names)
 
 

@@ -6,6 +6,7 @@ The compressor maps frozen-encoder patch features (B×N×D) to a diagonal Gaussi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,14 @@ class FeatureDecoderBlock(nn.Module):
 
 
 class FeatureDecoder(ModelMixin, ConfigMixin):
-    """Transformer (RoPE, RMSNorm, SwiGLU) from the latent back to the frozen encoder's feature space."""
+    """Transformer (RoPE, RMSNorm, SwiGLU) from the latent back to the frozen encoder's feature space.
+
+    The output passes an RMSNorm, so its scale starts near 1 per token. Encoders whose features are far from
+    that scale (EfficientNet's stride-16 stage has an RMS near 7) would leave the decoder spending most of
+    stage Ia growing the norm's gain, so stage Ia stores the training features' per-channel `feature_mean`
+    and `feature_std` here and the decoder predicts standardised features that are mapped back with them.
+    Unset (None), the output is used as it is.
+    """
 
     @register_to_config
     def __init__(
@@ -96,6 +104,8 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
         depth: int = 6,
         num_heads: int = 24,
         mlp_hidden: int = 4096,
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.proj_in = nn.Linear(latent_channels, feature_dim)
@@ -106,6 +116,7 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
         cos, sin = rope_2d(grid_size, feature_dim // num_heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._register_feature_stats(feature_mean, feature_std)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -118,4 +129,38 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
         rope = (self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype))
         for block in self.blocks:
             x = block(x, rope)
-        return self.norm_out(x)
+        x = self.norm_out(x)
+        if self.output_std is None:
+            return x
+        # in float32: a bf16 mean near 7 would round every token of its channel by up to 1/32
+        return (x.float() * self.output_std + self.output_mean).to(x.dtype)
+
+    def set_feature_stats(self, mean: list[float], std: list[float]) -> None:
+        """Store the per-channel statistics of the features this decoder learns to reproduce."""
+        self._register_feature_stats(list(mean), list(std))
+        self.register_to_config(feature_mean=list(mean), feature_std=list(std))
+
+    def _register_feature_stats(self, mean: list[float] | None, std: list[float] | None) -> None:
+        if (mean is None) != (std is None):
+            raise InvalidInputError("FeatureDecoder needs both feature_mean and feature_std, or neither")
+        dim = self.config.feature_dim
+        if (
+            mean is not None
+            and std is not None
+            and (
+                len(mean) != dim
+                or len(std) != dim
+                or not all(math.isfinite(m) for m in mean)
+                or not all(math.isfinite(s) and s > 0 for s in std)
+            )
+        ):
+            raise InvalidInputError(
+                f"feature statistics need {dim} finite means and {dim} finite positive stds"
+            )
+        # Buffers, not tensors built in forward: they follow .to() and stay put under CUDA-graph capture.
+        # Not persistent: the config is their one saved copy. Built where the other buffers are (parameters
+        # may sit on the meta device while from_pretrained loads them).
+        device = self.rope_cos.device
+        for name, values in (("output_mean", mean), ("output_std", std)):
+            value = None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
+            self.register_buffer(name, value, persistent=False)

@@ -115,9 +115,13 @@ def _add_trainable_lora(generator: Any, rank: int, alpha: float, seed: int) -> l
     return named_params
 
 
-def _captions(dataset: Any, trigger_phrase: str | None) -> list[str]:
+def _captions(dataset: Any, trigger_phrase: str | None) -> list[tuple[str, ...]]:
+    """Each image's caption variants with the trigger phrase in front."""
     trigger = " ".join((trigger_phrase or "").split())
-    return [" ".join(part for part in (trigger, caption) if part) for caption in dataset.captions()]
+    return [
+        tuple(" ".join(part for part in (trigger, caption) if part) for caption in variants)
+        for variants in dataset.caption_choices()
+    ]
 
 
 def run_finetune(

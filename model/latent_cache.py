@@ -49,6 +49,21 @@ class CachedFeatures:
         pixels = torch.where(flipped, pixels.flip(-1), pixels)
         return features.to(device), (pixels.to(device).float() / 127.5 - 1.0)
 
+    def channel_stats(self, chunk_bytes: int = 64 * 2**20) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the features (over images, flips and tokens), in float64 chunks."""
+        total = np.zeros(self.features.shape[-1])
+        total_sq = np.zeros_like(total)
+        chunk = max(1, chunk_bytes // (8 * int(np.prod(self.features.shape[1:]))))
+        for start in range(0, len(self), chunk):
+            block = self.features[start : start + chunk].astype(np.float64)
+            total += block.sum(axis=(0, 1, 2))
+            total_sq += np.square(block, out=block).sum(axis=(0, 1, 2))
+        count = np.prod(self.features.shape[:3])
+        mean = total / count
+        # a constant channel gets std 1, not 0: the decoder then just learns its mean
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        return mean.tolist(), np.where(std > 1e-6, std, 1.0).tolist()
+
 
 @dataclass
 class CachedLatents:

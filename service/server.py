@@ -56,12 +56,16 @@ def run_server(settings: Settings, embedded: bool = False) -> int:
 
             models = describe_models(settings)
             text = bool(models) and models[0].condition_type == "text"
-            body = '{"prompt": "red apple"}' if text else '{"class_label": 1}'
+            body = '{"prompt": "red apple", "guidance_scale": 4}' if text else '{"class_label": 1}'
+            name = "red-apple.png" if text else "class-1.png"
             print(
                 f"\nfae-serve embedded mode on {base}\n"
                 f"  development API key (stored in {Path(settings.data_dir) / DEV_KEY_FILE}):\n    {key}\n"
-                f"  try: curl -s -H 'Authorization: Bearer {key}' -H 'Prefer: wait=60' "
-                f"-H 'Content-Type: application/json' -d '{body}' {base}/v1/generate\n",
+                f"  try (writes {name}, then prints the status and type: 200 image/png; a JSON answer "
+                f"means the job is still running or failed: see its Content-Location):\n"
+                f"    curl -sL -o {name} -w '%{{http_code}} %{{content_type}}\\n' -H 'Authorization: Bearer {key}' "
+                f"-H 'Prefer: wait=60' -H 'Accept: image/png' -H 'Content-Type: application/json' "
+                f"-d '{body}' {base}/v1/generate\n",
                 file=sys.stderr,
                 flush=True,
             )

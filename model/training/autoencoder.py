@@ -33,10 +33,15 @@ class FeatureAutoencoderTask:
         features: CachedFeatures,
         config: TrainConfig,
         device: torch.device,
+        standardize_features: bool = False,
     ) -> None:
         self.compressor, self.feature_decoder = compressor, feature_decoder
         self.features, self.config, self.device = features, config, device
         self.images_per_step = config.batch_size
+        if standardize_features:
+            # See FeatureDecoder: a new decoder predicts standardised features. Only a new one: a decoder
+            # trained without statistics already outputs raw features, and adding them would break it.
+            feature_decoder.set_feature_stats(*features.channel_stats())
         params = trainable(compressor, "compressor") + trainable(feature_decoder, "feature_decoder")
         self.optim = Optimization(
             params,
@@ -58,6 +63,8 @@ class FeatureAutoencoderTask:
             "seed": c.seed,
             "lr": c.learning_rate,
             "kl_weight": c.kl_weight,
+            # checkpoints of a decoder with (or without) feature statistics only resume into the same kind
+            "feature_std": self.feature_decoder.config.feature_std,
         }
 
     def train_step(self, step: int, rng: torch.Generator) -> float:

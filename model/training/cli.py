@@ -112,6 +112,9 @@ def train_command(args: argparse.Namespace) -> int:
         dataset = report["dataset"]
         print(f"dataset: {dataset['num_images']} images, {dataset['num_skipped']} skipped")
         for name, stage in report["stages"].items():
+            if stage["resumed_from_step"] == stage["steps"]:  # resumed at its last checkpoint
+                print(f"stage {name}: already complete ({stage['steps']} steps), model rewritten")
+                continue
             print(
                 f"stage {name}: loss {stage['loss_start']:.4f} -> {stage['loss_end']:.4f} "
                 f"({stage['steps']} steps, {stage['images_per_s']:.0f} images/s)"

@@ -69,16 +69,30 @@ class ClassConditions:
 
 
 class TextConditions:
-    """Captions embedded once (unique captions only); a dropped caption uses the empty prompt's embedding."""
+    """Captions embedded once (unique captions only); a dropped caption uses the empty prompt's embedding.
 
-    def __init__(self, encode: Any, captions: Sequence[str], chunk: int = 64) -> None:
-        unique = sorted(set(captions) | {""})
+    Each image has one caption or several variants (`ImageDataset.caption_choices`); with variants, each
+    sample draws one of its image's variants uniformly at every step.
+    """
+
+    def __init__(self, encode: Any, captions: Sequence[str | Sequence[str]], chunk: int = 64) -> None:
+        choices = [(c,) if isinstance(c, str) else tuple(c) or ("",) for c in captions]
+        unique = sorted({text for variants in choices for text in variants} | {""})
         index = {caption: i for i, caption in enumerate(unique)}
         parts = [encode(unique[i : i + chunk]) for i in range(0, len(unique), chunk)]
         self.tokens = torch.cat([p["text_tokens"] for p in parts])
         self.mask = torch.cat([p["text_mask"] for p in parts])
         self.pooled = torch.cat([p["text_pooled"] for p in parts])
-        self.caption_index = torch.tensor([index[c] for c in captions], dtype=torch.long)
+        # image i's variants are rows caption_table[i, :variant_count[i]] (padded with its first variant)
+        width = max(len(variants) for variants in choices)
+        self.caption_table = torch.tensor(
+            [
+                [index[v] for v in variants] + [index[variants[0]]] * (width - len(variants))
+                for variants in choices
+            ],
+            dtype=torch.long,
+        )
+        self.variant_count = torch.tensor([len(variants) for variants in choices], dtype=torch.long)
         self.empty = index[""]
 
     def describe(self) -> dict[str, Any]:
@@ -87,7 +101,13 @@ class TextConditions:
     def batch(
         self, images: torch.Tensor, drop: torch.Tensor, rng: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        rows = self.caption_index[images.cpu()].to(drop.device)
+        images = images.cpu()
+        column = torch.zeros(len(images), dtype=torch.long)
+        # Only with variants: a single-caption dataset draws nothing, so its runs stay as they were.
+        if self.caption_table.shape[1] > 1:
+            draw = torch.rand(len(images), generator=rng, device=drop.device).cpu()
+            column = (draw * self.variant_count[images]).long()
+        rows = self.caption_table[images, column].to(drop.device)
         rows = torch.where(drop, torch.full_like(rows, self.empty), rows).to(self.tokens.device)
         return {
             "text_tokens": self.tokens[rows],

@@ -14,6 +14,7 @@ import torch
 
 from ..data import open_image_dataset
 from ..errors import InvalidInputError
+from ..fingerprint import json_fingerprint
 from ..io import write_directory_atomically
 from ..latent_cache import LatentCache
 from ..pipeline import FAEPipeline
@@ -127,7 +128,9 @@ def train(
             cancel_check=cancel_check,
             show_progress=show_progress,
         )
-        task, cache_hit = _make_task(name, pipe, dataset, cache, stage_config, torch_device)
+        task, cache_hit = _make_task(
+            name, pipe, dataset, cache, stage_config, torch_device, new_model=preset is not None
+        )
         result = run_loop(task, options, torch_device)
         report["stages"][name] = {**result.report(), "cache_hit": cache_hit}
         write_model(pipe, out_dir)
@@ -135,14 +138,26 @@ def train(
 
 
 def _make_task(
-    name: str, pipe: FAEPipeline, dataset: Any, cache: LatentCache, config: TrainConfig, device: torch.device
+    name: str,
+    pipe: FAEPipeline,
+    dataset: Any,
+    cache: LatentCache,
+    config: TrainConfig,
+    device: torch.device,
+    new_model: bool = False,
 ) -> tuple[Any, bool]:
     if name in ("ia", "ib", "ib-recon"):
         features = cache.features(dataset, pipe.encoder, pipe.image_size, dtype=config.feature_cache_dtype)
         if name == "ia":
-            return FeatureAutoencoderTask(
-                pipe.compressor, pipe.feature_decoder, features, config, device
-            ), features.hit
+            task = FeatureAutoencoderTask(
+                pipe.compressor,
+                pipe.feature_decoder,
+                features,
+                config,
+                device,
+                standardize_features=new_model,
+            )
+            return task, features.hit
         mode = "noisy" if name == "ib" else "recon"
         task = PixelDecoderTask(
             mode,
@@ -163,8 +178,11 @@ def _make_task(
     if pipe.condition_type == "class":
         labels = dataset.labels()
         conditions = ClassConditions(pipe.num_classes, "dataset", labels or [None] * len(dataset))
+        identity = {"labels": json_fingerprint(labels)}
     else:
-        conditions = TextConditions(pipe.encode_text, dataset.captions())
+        captions = dataset.caption_choices()
+        conditions = TextConditions(pipe.encode_text, captions)
+        identity = {"captions": json_fingerprint(captions)}  # resuming under other captions is refused
     params = trainable(pipe.generator, "generator")
     task = GeneratorTask(
         "ii",
@@ -177,5 +195,6 @@ def _make_task(
         config,
         device,
         ema_decay=config.ema_decay,
+        identity=identity,
     )
     return task, latents.hit

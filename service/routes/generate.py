@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
-from service.contract import GenerateRequest, Job, JobKind
+from service.contract import GenerateRequest, Job, JobKind, JobStatus
 from service.deps import GenerateCaller, ServicesDep, get_queue
 from service.jobstore import JobStore, body_hash
 from service.models import ModelCatalog, ModelInfo
@@ -44,6 +44,34 @@ def parse_prefer_wait(prefer: str | None, max_wait_s: float) -> float | None:
         return None
     requested = float(match.group(1)) if match.group(1) is not None else max_wait_s
     return min(requested, max_wait_s)
+
+
+def accepted_types(accept: str | None) -> list[tuple[str, float]]:
+    """`Accept` as (media range, q) pairs, best first (ties keep the header's order), q=0 left out."""
+    ranked: list[tuple[str, float]] = []
+    for part in (accept or "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media and q > 0:
+            ranked.append((media.lower(), q))
+    return sorted(ranked, key=lambda pair: -pair[1])  # stable: equal q keeps the order given
+
+
+def wants_image(accept: str | None, content_type: str | None) -> bool:
+    """The caller prefers the image itself (its exact type, or image/*) to any JSON answer."""
+    for media, _ in accepted_types(accept):
+        if media.endswith("json") or media == "*/*":
+            return False
+        if content_type and media in (content_type, "image/*"):
+            return True
+    return False
 
 
 def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:
@@ -127,6 +155,11 @@ def admit_generate(
     responses={
         200: {"description": "Finished within `Prefer: wait=N`: the finished job.", "model": Job},
         202: {"description": "Accepted: poll the job at `Location` (or wait for its webhook)."},
+        303: {
+            "description": "Finished (within `Prefer: wait=N`, or an idempotent replay of a finished job) and "
+            "`Accept` prefers the output's image type (e.g. `image/png`) to JSON: `Location` is the first "
+            "image (`curl -L` saves it in one command); `Content-Location` is the job."
+        },
         422: {"description": "Invalid input (problem+json)."},
         429: {"description": "Rate, in-flight or queue limit (problem+json, Retry-After)."},
     },
@@ -140,6 +173,7 @@ async def generate(
     queue: Annotated[JobQueue, Depends(get_queue)],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
+    accept: Annotated[str | None, Header()] = None,
 ) -> Job:
     job, created = await run_in_threadpool(
         admit_generate, services, queue, principal.tenant, body, idempotency_key
@@ -152,6 +186,14 @@ async def generate(
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.status_code = 200 if job.status.terminal else 202
-    return await run_in_threadpool(
+    presented = await run_in_threadpool(
         present_job, job, services.store, services.storage, services.settings, request
     )
+    response.headers["Vary"] = "Accept"
+    succeeded = presented.status is JobStatus.succeeded and bool(presented.outputs)
+    if succeeded and wants_image(accept, presented.outputs[0].content_type):
+        # See Other: the image itself. Unfinished or failed jobs answer as above (JSON or problem JSON).
+        response.status_code = 303
+        response.headers["Content-Location"] = response.headers["Location"]
+        response.headers["Location"] = presented.outputs[0].url
+    return presented

@@ -70,6 +70,22 @@ def test_manifest_images_and_sidecars(fake_dataset: Path) -> None:
         assert image.getpixel((32, 32)) != (255, 255, 255)
 
 
+def test_each_split_carries_caption_variants_the_training_loader_reads(fake_dataset: Path) -> None:
+    from model.data import scan_image_folder
+
+    dataset = scan_image_folder(fake_dataset / "train")
+    apple_like = next(r for r in dataset.records if r.relpath == "1f340-noto.png")
+    assert (apple_like.caption, *apple_like.caption_variants) == (
+        "test emoji number 0, food & drink, noto style",  # the sidecar's caption stays the first
+        "test emoji number 0",
+        "test emoji number 0, noto style",
+        "test emoji number 0, food & drink",
+    )
+    assert all(len(choices) == 4 for choices in dataset.caption_choices())
+    heldout = scan_image_folder(fake_dataset / "heldout")
+    assert len(heldout) == 2 * len(FAKE_HELDOUT) and all(r.caption_variants for r in heldout.records)
+
+
 def test_size_option_resizes(tmp_path: Path, fake_packages: dict[str, Path]) -> None:
     summary = prepare_dataset({"noto": fake_packages["noto"]}, tmp_path / "out", size=32)
     assert summary["images"] == {"noto": {"train": 31, "heldout": 2}}

@@ -40,6 +40,28 @@ def test_captions_from_sidecars_and_a_manifest_which_wins(tmp_path: Path) -> Non
     assert dataset.skipped == []
 
 
+def test_a_manifest_caption_list_gives_caption_variants(tmp_path: Path) -> None:
+    save_png(tmp_path / "apple.png", (255, 0, 0))
+    save_png(tmp_path / "plain.png", (0, 255, 0))
+    save_png(tmp_path / "none.png", (0, 0, 255))
+    (tmp_path / "none.txt").write_text("blue square")  # an empty manifest list falls back to the sidecar
+    variants = ["red apple, food & drink, noto style", " red  apple ", "red apple", "", 7]
+    lines = [
+        {"file": "apple.png", "caption": variants},
+        {"file": "plain.png", "caption": "green square"},
+        {"file": "none.png", "caption": []},
+    ]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset = scan_image_folder(tmp_path)
+    # duplicates (after whitespace clean-up), empty strings and non-strings are dropped; the first stays first
+    assert dataset.captions() == ["red apple, food & drink, noto style", "blue square", "green square"]
+    assert dataset.caption_choices() == [
+        ("red apple, food & drink, noto style", "red apple"),
+        ("blue square",),
+        ("green square",),
+    ]
+
+
 def test_corrupt_and_non_image_files_are_skipped_and_counted(tmp_path: Path) -> None:
     save_png(tmp_path / "good.png", (10, 20, 30))
     full = (tmp_path / "good.png").read_bytes()

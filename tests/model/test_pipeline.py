@@ -105,6 +105,26 @@ def test_save_load_round_trip_is_bit_identical(tiny: FAEPipeline, tmp_path: Path
     assert torch.equal(a, b)
 
 
+def test_feature_decoder_statistics_map_outputs_back_and_survive_save_load(tmp_path: Path) -> None:
+    from model.fae import FeatureDecoder
+
+    torch.manual_seed(0)
+    decoder = FeatureDecoder(
+        latent_channels=4, feature_dim=8, grid_size=2, depth=1, num_heads=2, mlp_hidden=16
+    )
+    latents = torch.randn(3, 4, 2, 2)
+    standardised = decoder(latents)  # no statistics: the RMSNorm output as it is
+    mean, std = [float(i) for i in range(8)], [0.5 + i for i in range(8)]
+    decoder.set_feature_stats(mean, std)
+    torch.testing.assert_close(decoder(latents), standardised * torch.tensor(std) + torch.tensor(mean))
+    decoder.save_pretrained(tmp_path / "decoder")
+    loaded = FeatureDecoder.from_pretrained(tmp_path / "decoder")
+    assert loaded.config.feature_mean == mean and loaded.config.feature_std == std
+    torch.testing.assert_close(loaded(latents), decoder(latents))
+    with pytest.raises(InvalidInputError, match="8 finite means and 8 finite positive stds"):
+        decoder.set_feature_stats(mean, [0.0] * 8)
+
+
 def test_text_pipeline_save_load_round_trip(tiny_t2i: FAEPipeline, tmp_path: Path) -> None:
     tiny_t2i.save_pretrained(tmp_path / "t")
     loaded = load_pipeline(tmp_path / "t", device="cpu")

@@ -41,6 +41,64 @@ def test_the_trained_model_loads_with_latent_statistics_and_generates(trained_ti
     assert normalised.mean().abs() < 0.2
 
 
+def test_stage_ia_stores_the_feature_statistics_the_decoder_maps_back_with(trained_tiny) -> None:
+    import numpy as np
+
+    pipe = load_pipeline(trained_tiny.model_dir)
+    config = pipe.feature_decoder.config
+    cache = next(trained_tiny.model_dir.with_name("model.work").glob("cache/features-*"))
+    features = np.load(cache / "features.npy").astype(np.float64)
+    np.testing.assert_allclose(config.feature_mean, features.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(config.feature_std, features.std(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    # and the decoder's output lives at the features' scale, not the RMSNorm's
+    latents = pipe.encode_images(torch.rand(4, 3, 32, 32))
+    decoded = pipe.feature_decoder(pipe.denormalize_latents(latents))
+    expected_rms = float(np.sqrt((features**2).mean()))
+    assert 0.5 * expected_rms < decoded.pow(2).mean().sqrt().item() < 2.0 * expected_rms
+
+
+def test_stage_ia_on_an_existing_model_keeps_its_decoder_unstandardised(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    # A decoder trained without statistics outputs raw features: giving it statistics later would break it.
+    from model import FAEPipeline
+
+    FAEPipeline.from_preset("tiny").save_pretrained(tmp_path / "old")
+    config = TrainConfig(steps=2, batch_size=4, checkpoint_every=2)
+    train(data=shapes_dir, out_dir=tmp_path / "new", model_dir=tmp_path / "old", stage="ia", config=config)
+    assert load_pipeline(tmp_path / "new").feature_decoder.config.feature_std is None
+
+
+def test_text_conditions_draw_each_images_caption_variants_reproducibly() -> None:
+    from model.training.generator import TextConditions
+
+    def encode(prompts: list[str]) -> dict[str, torch.Tensor]:  # row i of every output encodes prompts[i]
+        ids = torch.tensor([float(sum(map(ord, p))) for p in prompts])
+        return {
+            "text_tokens": ids.view(-1, 1, 1),
+            "text_mask": torch.ones(len(prompts), 1, dtype=torch.bool),
+            "text_pooled": ids.view(-1, 1),
+        }
+
+    choices = [("a full caption", "short"), ("only one",)]
+    conditions = TextConditions(encode, choices)
+    code = {float(sum(map(ord, p))): p for p in ["a full caption", "short", "only one", ""]}
+
+    def draw(seed: int, drop: bool = False) -> list[str]:
+        images = torch.tensor([0, 1] * 50)
+        rows = conditions.batch(images, torch.full((100,), drop), torch.Generator().manual_seed(seed))
+        return [code[float(v)] for v in rows["text_pooled"][:, 0]]
+
+    first = draw(0)
+    assert set(first[0::2]) == {"a full caption", "short"} and set(first[1::2]) == {"only one"}
+    assert draw(0) == first and draw(1) != first  # the step's generator decides
+    assert set(draw(0, drop=True)) == {""}
+    # a dataset with one caption per image draws nothing from the generator
+    single, rng = TextConditions(encode, ["x", "y"]), torch.Generator().manual_seed(0)
+    single.batch(torch.tensor([0, 1]), torch.zeros(2, dtype=torch.bool), rng)
+    assert torch.equal(rng.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
 def test_a_text_conditional_generator_trains_on_captions(shapes_dir: Path, tmp_path: Path) -> None:
     config = TrainConfig(steps=60, batch_size=16, learning_rate=2e-3, checkpoint_every=60, ema_decay=0.9)
     report = train(
@@ -183,33 +241,19 @@ def test_fae_train_cli_writes_a_loadable_model(shapes_dir: Path, tmp_path: Path,
     from service.cli import main
 
     out = tmp_path / "cli-model"
-    code = main(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            str(shapes_dir),
-            "--out",
-            str(out),
-            "--stage",
-            "all",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-            "--checkpoint-every",
-            "2",
-            "--device",
-            "cpu",
-            "--json",
-        ]
-    )
+    # --stage all, 3 steps a stage (3 // 4 = 0 ib-recon steps: skipped)
+    short_run = ["--steps", "3", "--batch-size", "4", "--checkpoint-every", "2", "--device", "cpu"]
+    source = ["--data", str(shapes_dir), "--out", str(out)]
+    code = main(["train", "--preset", "tiny", *source, "--stage", "all", *short_run, "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["stages"]) == {"ia", "ib", "ii"}  # 3 // 4 = 0 recon steps: skipped
+    assert set(report["stages"]) == {"ia", "ib", "ii"}
     assert (out / "model_index.json").is_file()
     assert load_pipeline(out).generator.config.latent_mean is not None
+    # rerun with --resume after the run finished: each stage says it is complete instead of training again
+    rerun = ["--stage", "ia", *short_run, "--resume"]
+    code = main(["train", "--model", str(out), *source, *rerun])
+    assert code == 0 and "stage ia: already complete (3 steps)" in capsys.readouterr().out
     code = main(
         ["train", "--preset", "no-such-preset", "--data", str(shapes_dir), "--out", str(tmp_path / "x")]
     )

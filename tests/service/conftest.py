@@ -96,10 +96,12 @@ class FakeQueue(JobQueue):
             time.sleep(self.delay_s / steps)
         n = job.request.get("n", 1)
         outputs = []
+        fmt = job.request.get("output_format", "png")
+        content_type = f"image/{fmt}"  # as the worker labels it (the bytes stay a PNG: the fake draws none)
         for index in range(n):
-            key = output_key(job.tenant, job.id, index, "png")
-            self.storage.put_bytes(key, png_bytes(), "image/png")
-            outputs.append(JobOutput(index=index, key=key, seed=index + 1, content_type="image/png"))
+            key = output_key(job.tenant, job.id, index, fmt)
+            self.storage.put_bytes(key, png_bytes(), content_type)
+            outputs.append(JobOutput(index=index, key=key, seed=index + 1, content_type=content_type))
         self.store.transition(
             job_id,
             JobStatus.succeeded,

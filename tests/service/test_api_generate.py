@@ -36,6 +36,40 @@ def test_prefer_wait_returns_the_finished_job(make_gateway, headers) -> None:
     assert job["request"]["class_label"] == 3 and job["request"]["seed"] == 5
 
 
+def test_accept_image_png_with_wait_redirects_to_the_image(make_gateway, headers) -> None:
+    gw = make_gateway(complete=True)
+    wanted = {**headers("acme"), "Prefer": "wait=10", "Accept": "image/png, application/json;q=0.5"}
+    response = gw.client.post("/v1/generate", json={"class_label": 3}, headers=wanted, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    job = response.json()
+    assert response.headers["location"] == job["outputs"][0]["url"]
+    assert response.headers["content-location"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["vary"] == "Accept"
+    # JSON preferred (by order or by q), image refused (q=0), a JPEG asked for: the usual 200
+    for accept in ("application/json, image/png", "image/png;q=0.4, application/json", "image/png;q=0, */*"):
+        answer = gw.client.post("/v1/generate", json={"class_label": 3}, headers={**wanted, "Accept": accept})
+        assert answer.status_code == 200, accept
+    jpeg = gw.client.post(
+        "/v1/generate",
+        json={"class_label": 3, "output_format": "jpeg"},
+        headers=wanted,
+        follow_redirects=False,
+    )
+    assert jpeg.status_code == 200
+    image_any = {**wanted, "Accept": "image/*"}
+    assert (
+        gw.client.post(
+            "/v1/generate",
+            json={"class_label": 3, "output_format": "jpeg"},
+            headers=image_any,
+            follow_redirects=False,
+        ).status_code
+        == 303
+    )
+    no_wait = {**headers("acme"), "Accept": "image/png"}
+    assert gw.client.post("/v1/generate", json={"class_label": 3}, headers=no_wait).status_code == 202
+
+
 def test_without_wait_answers_202_with_location(make_gateway, headers) -> None:
     gw = make_gateway()
     response = gw.client.post(

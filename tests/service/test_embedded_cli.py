@@ -60,6 +60,16 @@ def test_fae_serve_embedded_generates_an_image(tmp_path: Path) -> None:
         assert job["status"] == "succeeded" and job["outputs"][0]["seed"] == 3
         image = httpx.get(job["outputs"][0]["url"], timeout=10)
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+        # the printed one-liner: Accept: image/png answers 303 to the image, which -L follows
+        assert "curl -sL -o" in (tmp_path / "serve.log").read_text()
+        direct = httpx.post(
+            f"{base}/v1/generate",
+            json={**body, "steps": 4, "seed": 3},
+            headers={**headers, "Prefer": "wait=60", "Accept": "image/png"},
+            timeout=90,
+            follow_redirects=True,
+        )
+        assert direct.status_code == 200 and direct.content == image.content  # same seed, same image
         assert httpx.post(f"{base}/v1/generate", json=body, timeout=10).status_code == 401
     finally:
         proc.terminate()
