@@ -25,7 +25,12 @@ class ViTBlock(nn.Module):
 
 
 class PixelDecoder(ModelMixin, ConfigMixin):
-    """Features B×N×D (N = grid²) → images B×3×(grid·patch)×(grid·patch) in [-1, 1] (not clamped)."""
+    """Features B×N×D (N = grid²) → images B×3×(grid·patch)×(grid·patch) in [-1, 1] (not clamped).
+
+    Each token predicts its own patch, so a briefly trained decoder shows seams between patches. With
+    `refine_channels` > 0 the tokens predict that many channels per pixel instead, and two 3×3 convolutions
+    over the whole image (which see across patch borders) turn them into RGB; 0 (the paper) is the plain head.
+    """
 
     @register_to_config
     def __init__(
@@ -38,6 +43,7 @@ class PixelDecoder(ModelMixin, ConfigMixin):
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         out_channels: int = 3,
+        refine_channels: int = 0,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(feature_dim, hidden_size)
@@ -47,7 +53,15 @@ class PixelDecoder(ModelMixin, ConfigMixin):
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.blocks = nn.ModuleList(ViTBlock(hidden_size, num_heads, mlp_hidden) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.pred = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        predicted = refine_channels or out_channels
+        self.pred = nn.Linear(hidden_size, patch_size * patch_size * predicted)
+        self.refine: nn.Module | None = None
+        if refine_channels:
+            self.refine = nn.Sequential(
+                nn.Conv2d(refine_channels, refine_channels, 3, padding=1),
+                nn.GELU(approximate="tanh"),
+                nn.Conv2d(refine_channels, out_channels, 3, padding=1),
+            )
         nn.init.normal_(self.cls_token, std=0.02)
 
     @property
@@ -67,5 +81,6 @@ class PixelDecoder(ModelMixin, ConfigMixin):
         for block in self.blocks:
             x = block(x)
         patches = self.pred(self.norm(x)[:, 1:])  # B×N×(p·p·c)
-        b, g, p, c = x.shape[0], cfg.grid_size, cfg.patch_size, cfg.out_channels
-        return patches.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
+        b, g, p, c = x.shape[0], cfg.grid_size, cfg.patch_size, cfg.refine_channels or cfg.out_channels
+        image = patches.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
+        return image if self.refine is None else self.refine(image)

@@ -125,6 +125,30 @@ def test_feature_decoder_statistics_map_outputs_back_and_survive_save_load(tmp_p
         decoder.set_feature_stats(mean, [0.0] * 8)
 
 
+@pytest.mark.parametrize("refine_channels", [0, 8])
+def test_pixel_decoder_refinement_sees_across_patch_borders(refine_channels: int) -> None:
+    from model.pixel_decoder import PixelDecoder
+
+    torch.manual_seed(0)
+    decoder = PixelDecoder(
+        feature_dim=8,
+        grid_size=2,
+        patch_size=4,
+        hidden_size=16,
+        depth=0,
+        num_heads=2,
+        refine_channels=refine_channels,
+    )
+    features = torch.randn(1, 4, 8, requires_grad=True)
+    image = decoder(features)
+    assert image.shape == (1, 3, 8, 8)
+    # the last pixel column of patch 0 (top left), against the token of patch 1 (top right); depth 0: no
+    # attention mixes the tokens, so only the refinement can carry patch 1 into patch 0
+    image[0, :, 0, 3].sum().backward()
+    crosses = features.grad[0, 1].abs().sum().item() > 0
+    assert crosses == (refine_channels > 0)
+
+
 def test_text_pipeline_save_load_round_trip(tiny_t2i: FAEPipeline, tmp_path: Path) -> None:
     tiny_t2i.save_pretrained(tmp_path / "t")
     loaded = load_pipeline(tmp_path / "t", device="cpu")
