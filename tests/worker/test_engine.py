@@ -94,6 +94,18 @@ def test_a_missing_adapter_is_invalid_input(engine: Engine, tmp_path: Path) -> N
     assert engine.run(GenerationRequest(class_label=0, steps=1)).steps_run == 1
 
 
+def run_together(engine: Engine, jobs: list[GenerationRequest]) -> list[Any]:
+    """Submit `jobs` while the engine thread is held on an exclusive call, so they are admitted in the same
+    round (and batched together), then release it and wait for every result."""
+    gate = threading.Event()
+    blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
+    blocker.start()
+    handles = [engine.submit(job) for job in jobs]
+    gate.set()
+    blocker.join(10)
+    return [h.result(timeout=30) for h in handles]
+
+
 def test_concurrent_requests_share_denoising_steps(tiny_pipeline: Any) -> None:
     """Two jobs submitted together are denoised in the same generator calls (step-level batching) and still
     give their one-at-a-time images."""
@@ -103,16 +115,9 @@ def test_concurrent_requests_share_denoising_steps(tiny_pipeline: Any) -> None:
     try:
         alone = [engine.run(GenerationRequest(class_label=c, steps=4, seed=s)) for c, s in ((1, 5), (2, 6))]
         before = _batch_size_sum(metrics)
-        gate = threading.Event()
-        # Hold the engine thread on an exclusive call so both requests are admitted in the same round.
-        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
-        blocker.start()
-        handles = [
-            engine.submit(GenerationRequest(class_label=c, steps=4, seed=s)) for c, s in ((1, 5), (2, 6))
-        ]
-        gate.set()
-        blocker.join(10)
-        together = [h.result(timeout=30) for h in handles]
+        together = run_together(
+            engine, [GenerationRequest(class_label=c, steps=4, seed=s) for c, s in ((1, 5), (2, 6))]
+        )
         # 4 steps of a batch of 2 rows: the batch-size histogram grew by 8, not 2 × 4 separate rows of 1.
         assert _batch_size_sum(metrics) - before == 8
         assert _batch_size_count(metrics) >= 4
@@ -135,13 +140,7 @@ def test_jobs_with_different_adapters_share_denoising_steps_with_slots(tmp_path:
         alone = [engine.run(job) for job in jobs]
         base = engine.run(GenerationRequest(class_label=1, steps=4, seed=5))
         before = _batch_size_sum(metrics)
-        gate = threading.Event()
-        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
-        blocker.start()
-        handles = [engine.submit(job) for job in jobs]
-        gate.set()
-        blocker.join(10)
-        together = [h.result(timeout=30) for h in handles]
+        together = run_together(engine, jobs)
         assert _batch_size_sum(metrics) - before == 8  # 4 steps of one batch of 2 rows
         images = [np.asarray(r.images[0], dtype=int) for r in (*alone, *together, base)]
         assert np.abs(images[0] - images[2]).max() <= 1 and np.abs(images[1] - images[3]).max() <= 1
@@ -186,13 +185,7 @@ def test_a_job_waits_for_an_adapter_slot_when_all_are_held(tmp_path: Path) -> No
     engine = Engine({"tiny": pipe}, max_batch_size=8, adapter_slots=2, adapter_max_rank=2)
     jobs = [GenerationRequest(class_label=1, steps=3, seed=5, adapter=spec) for spec in specs]
     try:
-        gate = threading.Event()
-        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
-        blocker.start()
-        handles = [engine.submit(job) for job in jobs]
-        gate.set()
-        blocker.join(10)
-        together = [h.result(timeout=30) for h in handles]
+        together = run_together(engine, jobs)
         alone = engine.run(jobs[1])
         assert [r.steps_run for r in together] == [3, 3]
         assert np.array_equal(np.asarray(together[1].images[0]), np.asarray(alone.images[0]))
@@ -228,13 +221,7 @@ def test_same_adapter_at_two_scales_without_slots_keeps_each_scale(tmp_path: Pat
         )
         full = GenerationRequest(class_label=1, steps=4, seed=5, adapter=specs[0])
         alone = [engine.run(half), engine.run(full)]
-        gate = threading.Event()
-        blocker = threading.Thread(target=engine.run_exclusive, args=(None, lambda pipe: gate.wait(10)))
-        blocker.start()
-        handles = [engine.submit(half), engine.submit(full)]
-        gate.set()
-        blocker.join(10)
-        together = [h.result(timeout=30) for h in handles]
+        together = run_together(engine, [half, full])
 
         def pixels(result: Any) -> np.ndarray:
             return np.asarray(result.images[0], dtype=int)
