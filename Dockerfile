@@ -17,6 +17,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core ./core
+COPY fae ./fae
 COPY model ./model
 COPY service ./service
 COPY worker ./worker

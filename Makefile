@@ -26,13 +26,14 @@ setup: system-packages $(STAMP)
 run: $(STAMP)
 	$(BIN)/fae serve --embedded
 
-test: setup
+test: setup lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q  # the venv's tools (weed, hadolint) on PATH
+
+# ruff, then the package boundaries of docs/architecture.md (import-linter contracts in pyproject.toml).
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
-
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         grid_count=args.grid_count,
     )
-    from model.cli import resolve_device
+    from model.commands import resolve_device
     from model.errors import InvalidInputError, WeightsNotFoundError
     from model.io import write_bytes_atomically
 

@@ -11,13 +11,13 @@ import logging
 import uuid
 from typing import Any
 
-from service import metrics
-from service.contract import Job, JobError, JobKind, JobStatus
-from service.jobstore import InflightLimitExceeded, InvalidTransition, JobStore
-from service.jobstore.base import utcnow
+from core import metrics
+from core.contract import Job, JobError, JobKind, JobStatus
+from core.jobqueue import JobQueue
+from core.jobstore import InflightLimitExceeded, InvalidTransition, JobStore
+from core.jobstore.base import utcnow
+from core.settings import Settings
 from service.problems import ProblemError, too_many_requests
-from service.queue import JobQueue
-from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +30,23 @@ def new_job_id() -> str:
 
 
 def check_rate(store: JobStore, settings: Settings, tenant: str) -> None:
-    retry_after = store.check_rate(tenant, settings.rate_limit_per_minute)
+    retry_after = store.check_rate(tenant, settings.limits.rate_limit_per_minute)
     if retry_after is not None:
-        detail = f"more than {settings.rate_limit_per_minute} requests a minute for this tenant; slow down"
+        detail = (
+            f"more than {settings.limits.rate_limit_per_minute} requests a minute for this tenant; slow down"
+        )
         raise too_many_requests(detail, retry_after)
 
 
 def check_capacity(store: JobStore, settings: Settings, tenant: str, kind: JobKind) -> None:
     """The non-atomic pre-check (the in-flight limit is enforced atomically again at create)."""
-    if store.inflight_count(tenant) >= settings.max_inflight_per_tenant:
-        raise InflightLimitExceeded(tenant, settings.max_inflight_per_tenant)  # a 429 (see problems.py)
+    if store.inflight_count(tenant) >= settings.limits.max_inflight_per_tenant:
+        raise InflightLimitExceeded(
+            tenant, settings.limits.max_inflight_per_tenant
+        )  # a 429 (see problems.py)
     depth = store.queue_depth(kind)
     metrics.QUEUE_DEPTH.labels(queue=kind.value).set(depth)
-    if depth >= settings.max_queue_depth:
+    if depth >= settings.limits.max_queue_depth:
         detail = f"the {kind.value} queue is full ({depth} jobs waiting); retry later"
         raise too_many_requests(detail, QUEUE_FULL_RETRY_S, slug="queue-full")
 
@@ -79,7 +83,7 @@ def create_and_enqueue(
     enforce_inflight: bool = True,
 ) -> tuple[Job, bool]:
     """Store the job (atomically within the in-flight limit), then enqueue it. (job, created)."""
-    limit = settings.max_inflight_per_tenant if enforce_inflight else None
+    limit = settings.limits.max_inflight_per_tenant if enforce_inflight else None
     stored, created = store.create(job, idempotency_key, body_hash, max_inflight=limit)
     if created:
         enqueue(store, queue, stored)

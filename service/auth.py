@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.logging import register_secret
-from service.settings import Settings
+from core.logs import register_secret
+from core.settings import GatewaySettings
 
 SCOPES = frozenset({"generate", "finetune", "admin"})
 DEFAULT_SCOPES = frozenset({"generate", "finetune"})
@@ -80,7 +80,7 @@ class ApiKeyRegistry:
             self._entries.append((digest, Principal(tenant, scopes, digest.hex()[:8])))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiKeyRegistry:
+    def from_settings(cls, settings: GatewaySettings) -> ApiKeyRegistry:
         entries = parse_entries(settings.api_keys, "FAE_API_KEYS")
         if settings.api_keys_file is not None:
             text = Path(settings.api_keys_file).read_text()

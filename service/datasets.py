@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from service.storage import Storage, content_type_for
+from core.storage import Storage, content_type_for
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})

@@ -1,4 +1,6 @@
-"""FastAPI dependencies: the app's parts (settings, store, storage, queue, models) and authentication."""
+"""FastAPI dependencies: the app's parts (`ServicesDep`) and the caller (`Caller` and its scoped variants).
+
+Handlers take `services: ServicesDep` for every part of the app and one caller type; nothing else."""
 
 from __future__ import annotations
 
@@ -9,14 +11,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from core.jobqueue import JobQueue
+from core.jobstore import JobStore
+from core.logs import set_context
+from core.settings import Settings
+from core.storage import Storage
 from service.auth import ApiKeyRegistry, Principal
-from service.jobstore import JobStore
-from service.logging import set_context
-from service.models import ModelCatalog
+from service.catalog import ModelCatalog
 from service.problems import ProblemError
-from service.queue import JobQueue
-from service.settings import Settings
-from service.storage import Storage
 
 
 @dataclass
@@ -27,31 +29,10 @@ class Services:
     queue: JobQueue
     keys: ApiKeyRegistry
     models: ModelCatalog
-    embedded: bool
 
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
-
-
-def get_settings_dep(services: Annotated[Services, Depends(get_services)]) -> Settings:
-    return services.settings
-
-
-def get_store(services: Annotated[Services, Depends(get_services)]) -> JobStore:
-    return services.store
-
-
-def get_storage(services: Annotated[Services, Depends(get_services)]) -> Storage:
-    return services.storage
-
-
-def get_queue(services: Annotated[Services, Depends(get_services)]) -> JobQueue:
-    return services.queue
-
-
-def get_models(services: Annotated[Services, Depends(get_services)]) -> ModelCatalog:
-    return services.models
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")

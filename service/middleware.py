@@ -15,8 +15,8 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
-from service.logging import job_id_var, request_id_var, tenant_var
+from core import metrics
+from core.logs import job_id_var, request_id_var, tenant_var
 from service.problems import problem_response
 
 access_log = logging.getLogger("fae.access")

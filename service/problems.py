@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.jobstore import IdempotencyConflict, InflightLimitExceeded, InvalidTransition, JobNotFound
-from service.logging import request_id_var
+from core.jobstore import IdempotencyConflict, InflightLimitExceeded, InvalidTransition, JobNotFound
+from core.logs import request_id_var
 
 logger = logging.getLogger(__name__)
 

@@ -102,7 +102,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def redis_namespace() -> str:
-    """A key prefix of its own for one test (pass as `Settings(redis_namespace=...)`)."""
+    """A key prefix of its own for one test (pass as `Settings().override(redis_namespace=...)`)."""
     return f"test-{uuid.uuid4().hex[:12]}"
 
 

@@ -6,9 +6,8 @@ issue replaces ``_run_one`` with a loop that keeps a set of active samples and r
 all of them per step (the model stack's ``model.engine.DenoisingEngine``), without changing this API:
 handles, progress and cancel callbacks stay as they are.
 
-Test-only hooks (never set them in production): ``FAE_TEST_CRASH_ON_PROMPT`` makes the engine SIGKILL its own
-process when a request's prompt equals it (a poison job), ``FAE_TEST_STEP_DELAY_S`` sleeps that long after
-every denoising step (so a test can act on a job mid-flight).
+Test-only behaviour is an :class:`EngineHooks` object, never a setting: tests pass one to the constructor, or
+install one with :func:`install_test_hooks` in a worker process they start themselves.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core import metrics
+from core.contract import GenerateRequest
+from core.settings import Settings
 from model.errors import GenerationCanceled, InvalidInputError
-from service import metrics
-from service.contract import GenerateRequest
-from service.settings import Settings
 
 log = logging.getLogger("fae.worker.engine")
 
@@ -37,6 +36,24 @@ log = logging.getLogger("fae.worker.engine")
 ProgressCallback = Callable[[int, int, float | None], None]
 CancelCheck = Callable[[], bool]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineHooks:
+    """Test-only behaviour: ``crash_on_prompt`` SIGKILLs the process when a request's prompt equals it (a poison
+    job); ``step_delay_s`` sleeps after every denoising step (so a test can act on a job mid-flight)."""
+
+    crash_on_prompt: str = ""
+    step_delay_s: float = 0.0
+
+
+_installed_hooks = EngineHooks()
+
+
+def install_test_hooks(hooks: EngineHooks) -> None:
+    """Make every engine this process builds from settings use ``hooks`` (test worker launchers only)."""
+    global _installed_hooks
+    _installed_hooks = hooks
 
 
 class UnknownModelError(InvalidInputError):
@@ -128,8 +145,7 @@ class Engine:
         *,
         default_model: str | None = None,
         device: str = "cpu",
-        test_step_delay_s: float = 0.0,
-        test_crash_on_prompt: str = "",
+        hooks: EngineHooks | None = None,
         max_batch_size: int = 32,
         accelerated: Mapping[str, Mapping[str, Any]] | None = None,
         adapter_slots: int = 0,
@@ -146,8 +162,7 @@ class Engine:
         if self.default_model not in self._pipelines:
             raise ValueError(f"default model {self.default_model!r} is not among {sorted(self._pipelines)}")
         self.device = device
-        self._step_delay_s = test_step_delay_s
-        self._crash_on_prompt = test_crash_on_prompt
+        self._hooks = hooks or EngineHooks()
         self.max_batch_size = max_batch_size
         self._fast: dict[str, Mapping[str, Any]] = dict(accelerated or {})
         self._pending: queue.Queue[GenerationHandle | _Exclusive | None] = queue.Queue()
@@ -175,10 +190,10 @@ class Engine:
         from model.compiled import accelerate_pipeline, configure_compile_cache
         from model.loading import load_pipeline  # heavy: imported only where models load
 
-        dirs = settings.model_dirs()
+        dirs = settings.catalog.model_dirs()
         if not dirs:
             raise ValueError("no models configured: set FAE_MODELS=name=/path/to/model[,name2=...]")
-        device, dtype = resolve_device(settings.device, settings.dtype)
+        device, dtype = resolve_device(settings.engine.device, settings.engine.dtype)
         pipelines: dict[str, Any] = {}
         for name, path in dirs.items():
             started = time.perf_counter()
@@ -188,24 +203,23 @@ class Engine:
                 "model loaded", extra={"model": name, "path": str(path), "device": device, "seconds": seconds}
             )
         accelerated: dict[str, Any] = {}
-        if settings.compile or settings.cuda_graphs:
-            configure_compile_cache(settings.compile_cache_dir)
+        if settings.engine.compile or settings.engine.cuda_graphs:
+            configure_compile_cache(settings.engine.compile_cache_dir)
             # Guidance can double a batch's rows: buckets reach twice the sample limit.
-            buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= 2 * settings.max_batch_size]
+            buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= 2 * settings.engine.max_batch_size]
             for name, pipe in pipelines.items():
                 accelerated[name] = accelerate_pipeline(
-                    pipe, buckets, compile=settings.compile, cuda_graphs=settings.cuda_graphs
+                    pipe, buckets, compile=settings.engine.compile, cuda_graphs=settings.engine.cuda_graphs
                 )
         return cls(
             pipelines,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.engine.max_batch_size,
             accelerated=accelerated,
-            default_model=settings.default_model or None,
+            default_model=settings.catalog.default_model or None,
             device=device,
-            test_step_delay_s=settings.test_step_delay_s,
-            test_crash_on_prompt=settings.test_crash_on_prompt,
-            adapter_slots=settings.adapter_slots,
-            adapter_max_rank=settings.adapter_max_rank,
+            hooks=_installed_hooks,
+            adapter_slots=settings.engine.adapter_slots,
+            adapter_max_rank=settings.engine.adapter_max_rank,
         )
 
     # --- public API ----------------------------------------------------------------------------------
@@ -352,7 +366,7 @@ class Engine:
         if not handle._future.set_running_or_notify_cancel():
             return
         request = handle.request
-        if self._crash_on_prompt and request.prompt == self._crash_on_prompt:
+        if self._hooks.crash_on_prompt and request.prompt == self._hooks.crash_on_prompt:
             # Test-only poison job: die the way an OOM kill does, with no chance to clean up.
             log.error("test crash hook matched the prompt: killing this process")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -423,8 +437,8 @@ class Engine:
 
     def _on_step(self, handle: GenerationHandle, clock: _StepClock, step: int, total: int) -> bool:
         clock.tick()
-        if self._step_delay_s:
-            time.sleep(self._step_delay_s)
+        if self._hooks.step_delay_s:
+            time.sleep(self._hooks.step_delay_s)
         if handle.on_progress is not None:
             handle.on_progress(min(step, total), total, clock.eta(step, total))
         return handle.cancel_requested()

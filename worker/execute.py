@@ -20,13 +20,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core import metrics
+from core.contract import GenerateRequest, Job, JobError, JobKind, JobStatus, Progress
+from core.jobstore import InvalidTransition, JobStore
+from core.logs import bind
+from core.settings import Settings
+from core.storage import Storage
 from model.errors import GenerationCanceled, InvalidInputError
-from service import metrics
-from service.contract import GenerateRequest, Job, JobError, JobKind, JobStatus, Progress
-from service.jobstore import InvalidTransition, JobStore
-from service.logging import bind
-from service.settings import Settings
-from service.storage import Storage
 from worker.engine import AdapterSpec, Engine, GenerationRequest
 from worker.leases import Heartbeat
 from worker.outputs import upload_images
@@ -87,12 +87,12 @@ def _deliver(
     if job.status.terminal:
         log.info("delivery dropped: the job is already %s", job.status.value, extra=context)
         return None
-    if not store.acquire_lease(job.id, worker_id, settings.lease_s):
+    if not store.acquire_lease(job.id, worker_id, settings.worker.lease_s):
         log.warning("duplicate delivery dropped: another worker holds a live lease", extra=context)
         return None
     try:
         deliveries = store.record_delivery(job.id)
-        if deliveries > settings.max_deliveries:
+        if deliveries > settings.worker.max_deliveries:
             return _dead_letter(store, job, deliveries, settings)
         running = _mark_running(store, job, deliveries, worker_id)
         if running is None:
@@ -121,7 +121,7 @@ def _mark_running(store: JobStore, job: Job, deliveries: int, worker_id: str) ->
 
 def _dead_letter(store: JobStore, job: Job, deliveries: int, settings: Settings) -> Job | None:
     reason = (
-        f"the job was delivered {deliveries} times without finishing (limit {settings.max_deliveries}); it "
+        f"the job was delivered {deliveries} times without finishing (limit {settings.worker.max_deliveries}); it "
         "was moved to the dead-letter list. Check the request, then replay it from the admin API"
     )
     store.dead_letter(job.id, reason)
@@ -156,7 +156,7 @@ def _run(
             from worker.finetune import run_finetune_job  # only finetune workers need it
 
             fields = run_finetune_job(job, store, storage, engine, settings, should_stop)
-        if heartbeat.lost.is_set() or not store.renew_lease(job.id, worker_id, settings.lease_s):
+        if heartbeat.lost.is_set() or not store.renew_lease(job.id, worker_id, settings.worker.lease_s):
             raise LeaseLost(job.id)  # presumed dead and replaced: the job is another worker's to finish
         return _finish(store, job, JobStatus.succeeded, context, timings, **fields)
     except (LeaseLost, GenerationCanceled) as exc:
@@ -261,8 +261,8 @@ def run_generate(
         generation = dataclasses.replace(generation, model=job.model)
     result = engine.run(
         generation,
-        on_progress=ProgressWriter(store, job.id, settings.progress_interval_s),
-        should_cancel=Throttled(should_stop, settings.cancel_poll_s),
+        on_progress=ProgressWriter(store, job.id, settings.worker.progress_interval_s),
+        should_cancel=Throttled(should_stop, settings.worker.cancel_poll_s),
     )
     started = time.perf_counter()
     outputs = upload_images(storage, job.tenant, job.id, result.images, result.seeds, request.output_format)

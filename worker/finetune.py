@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.contract import FinetuneParams, Job, adapter_key, dataset_key
-from service.jobstore import JobStore
-from service.settings import Settings
-from service.storage import Storage
+from core.contract import FinetuneParams, Job, adapter_key, dataset_key
+from core.jobstore import JobStore
+from core.settings import Settings
+from core.storage import Storage
 from worker.engine import Engine
 from worker.execute import JobFailure, ProgressWriter, Throttled
 from worker.scratch import fetch_prefix, scratch_path
@@ -76,8 +76,8 @@ def run_finetune_job(
             raise JobFailure("invalid_input", f"the dataset at {prefix!r} is empty: upload images or a zip")
         source = files[0] if len(files) == 1 and files[0].suffix.lower() == ".zip" else dataset_dir
         output_dir = workdir / "adapter"
-        progress = ProgressWriter(store, job.id, settings.progress_interval_s)
-        cancel = Throttled(should_stop, settings.cancel_poll_s)
+        progress = ProgressWriter(store, job.id, settings.worker.progress_interval_s)
+        cancel = Throttled(should_stop, settings.worker.cancel_poll_s)
 
         def train(pipeline: Any) -> dict[str, Any]:
             return trainer(

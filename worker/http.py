@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from service import metrics
+from core import metrics
 
 log = logging.getLogger("fae.worker.http")
 

@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service import metrics
-from service.contract import Job, JobStatus
-from service.jobstore import InvalidTransition, JobStore
-from service.settings import Settings
+from core import metrics
+from core.contract import Job, JobStatus
+from core.jobstore import InvalidTransition, JobStore
+from core.settings import Settings
 
 log = logging.getLogger("fae.worker.leases")
 
@@ -31,7 +31,7 @@ class Heartbeat:
 
     def __init__(self, store: JobStore, job_id: str, worker_id: str, settings: Settings) -> None:
         self._store, self._job_id, self._worker_id = store, job_id, worker_id
-        self._lease_s, self._interval_s = settings.lease_s, settings.heartbeat_s
+        self._lease_s, self._interval_s = settings.worker.lease_s, settings.worker.heartbeat_s
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fae-heartbeat-{job_id}", daemon=True)
@@ -88,10 +88,10 @@ def reap_once(
             if job is None or job.status is not JobStatus.running:
                 continue
             deliveries = max(job.attempts, 1)
-            if deliveries >= settings.max_deliveries:
+            if deliveries >= settings.worker.max_deliveries:
                 reason = (
                     f"the job's worker died {deliveries} times while running it (limit "
-                    f"{settings.max_deliveries}); it was moved to the dead-letter list. Check the request, "
+                    f"{settings.worker.max_deliveries}); it was moved to the dead-letter list. Check the request, "
                     "then replay it from the admin API"
                 )
                 store.dead_letter(job_id, reason)
@@ -148,7 +148,7 @@ class RedisLock:
 
 def reaper_lock(settings: Settings) -> RedisLock:
     return RedisLock(
-        settings.redis_url, f"{settings.redis_namespace}:{REAPER_LOCK_NAME}", ttl_s=settings.lease_s
+        settings.redis.url, f"{settings.redis.namespace}:{REAPER_LOCK_NAME}", ttl_s=settings.worker.lease_s
     )
 
 
@@ -186,4 +186,4 @@ class Reaper:
                 reap_once(self._store, self._settings, self._requeue, self._on_terminal, self._lock)
             except Exception:
                 log.exception("reaper pass failed; trying again next interval")
-            self._stop.wait(max(self._settings.reaper_interval_s - (time.monotonic() - started), 0.05))
+            self._stop.wait(max(self._settings.worker.reaper_interval_s - (time.monotonic() - started), 0.05))

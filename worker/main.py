@@ -6,8 +6,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from service.celery_app import ALL_QUEUES
-from service.settings import Settings
+from core.settings import Settings
+from core.tasks import ALL_QUEUES
 
 log = logging.getLogger("fae.worker")
 
@@ -25,36 +25,36 @@ def check_queues(queues: Sequence[str]) -> list[str]:
 def run_worker(settings: Settings, queues: Sequence[str]) -> int:
     """Run a Celery worker (solo pool, concurrency 1) on ``queues``; blocks until the worker stops.
 
-    The model is loaded and warmed before the consumer starts (see ``worker.celery_worker``); run one such
+    The model is loaded and warmed before the consumer starts (see ``worker.celery_app``); run one such
     process per GPU (``FAE_DEVICE=cuda:N``). A worker for ``webhooks`` alone loads no model.
     """
     chosen = check_queues(queues)
-    from worker import celery_worker
+    from worker import celery_app
 
-    celery_worker.configure(settings)
+    celery_app.configure(settings)
     argv = [
         "worker",
         "--pool=solo",
         "--concurrency=1",
         f"--queues={','.join(chosen)}",
         f"--hostname=fae-{os.getpid()}@%h",
-        f"--loglevel={settings.log_level}",
+        f"--loglevel={settings.process.log_level}",
         # No broadcast chatter between workers: they coordinate through the job store.
         "--without-mingle",
         "--without-gossip",
         "--without-heartbeat",
     ]
-    celery_worker.app.worker_main(argv)
+    celery_app.app.worker_main(argv)
     return 0
 
 
 def run_reaper(settings: Settings, once: bool = False) -> int:
     """Run the lease reaper alone (every worker already runs one; this is for operators and cron)."""
-    from service.jobstore import RedisJobStore
-    from service.queue import CeleryJobQueue
+    from core.jobqueue import CeleryJobQueue
+    from core.jobstore import RedisJobStore
     from worker.leases import Reaper, reap_once, reaper_lock
 
-    store = RedisJobStore(settings.redis_url, settings)
+    store = RedisJobStore(settings.redis.url, settings)
     sender = CeleryJobQueue(settings)
     try:
         if once:

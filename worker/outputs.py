@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from service.contract import JobOutput, output_key
-from service.storage import Storage
+from core.contract import JobOutput, output_key
+from core.storage import Storage
 
 # output_format → (Pillow format, content type, encoder options)
 IMAGE_FORMATS: dict[str, tuple[str, str, dict[str, Any]]] = {

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from service import metrics
-from service.jobstore import JobStore, RedisJobStore
-from service.queue import CeleryJobQueue
-from service.settings import Settings
-from service.storage import Storage, make_storage
+from core import metrics
+from core.jobqueue import CeleryJobQueue
+from core.jobstore import JobStore, RedisJobStore
+from core.settings import Settings
+from core.storage import Storage, make_storage
 from worker.engine import Engine
 from worker.execute import execute_job, make_worker_id
 from worker.http import WorkerHTTPServer
@@ -40,9 +40,11 @@ class WorkerRuntime:
     def boot(self) -> None:
         settings = self.settings
         metrics.WORKER_READY.set(0)
-        if settings.worker_http_port:
-            self.http = WorkerHTTPServer(settings.host, settings.worker_http_port, self.readiness).start()
-        self.store = RedisJobStore(settings.redis_url, settings)
+        if settings.worker.http_port:
+            self.http = WorkerHTTPServer(
+                settings.gateway.host, settings.worker.http_port, self.readiness
+            ).start()
+        self.store = RedisJobStore(settings.redis.url, settings)
         self.storage = make_storage(settings)
         self.sender = CeleryJobQueue(settings)
         if MODEL_QUEUES & set(self.queues):

@@ -7,14 +7,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from service.settings import Settings
-from service.storage import Storage
+from core.settings import Settings
+from core.storage import Storage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def scratch_root(settings: Settings) -> Path:
-    root = settings.worker_scratch_dir or Path(settings.data_dir) / "worker"
+    root = settings.worker.scratch_dir or Path(settings.process.data_dir) / "worker"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

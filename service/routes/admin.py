@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from core.contract import Job
 from service.admission import build_job, enqueue, new_job_id
-from service.contract import Job
-from service.deps import AdminCaller, ServicesDep, get_queue
+from service.deps import AdminCaller, ServicesDep
 from service.problems import not_found
-from service.queue import JobQueue
 from service.routes.common import present_job
 from service.routes.jobs import JobId
 
@@ -39,7 +38,6 @@ def replay_dead_letter(
     services: ServicesDep,
     request: Request,
     response: Response,
-    queue: Annotated[JobQueue, Depends(get_queue)],
 ) -> Job:
     """Job states never go backwards, so the failed original stays failed; its request runs again under a
     new id (`metadata.replay_of` names the original) and the dead letter is removed."""
@@ -60,7 +58,7 @@ def replay_dead_letter(
         original.webhook_url,
     )
     store.create(replay)
-    enqueue(store, queue, replay)
+    enqueue(store, services.queue, replay)
     store.remove_dead_letter(job_id)
     response.headers["Location"] = f"/v1/jobs/{replay.id}"
     return present_job(store.get(replay.id) or replay, store, services.storage, services.settings, request)

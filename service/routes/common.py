@@ -6,18 +6,18 @@ from urllib.parse import urljoin
 
 from fastapi import Request
 
-from service import metrics
-from service.contract import Job, JobKind, JobStatus
-from service.jobstore import JobStore
+from core import metrics
+from core.contract import Job, JobKind, JobStatus
+from core.jobqueue import JobQueue
+from core.jobstore import JobStore
+from core.settings import Settings
+from core.storage import Storage, presign_outputs
 from service.problems import not_found
-from service.queue import JobQueue
-from service.settings import Settings
-from service.storage import Storage, presign_outputs
 
 
 def present_job(job: Job, store: JobStore, storage: Storage, settings: Settings, request: Request) -> Job:
     """Outputs as presigned URLs (absolute), and the queue position of a queued job."""
-    job = presign_outputs(job, storage, settings.presign_expiry_s)
+    job = presign_outputs(job, storage, settings.storage.presign_expiry_s)
     if job.outputs and any(o.url and o.url.startswith("/") for o in job.outputs):
         base = str(request.base_url)
         job = job.model_copy(

@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
+from core.storage import InvalidKey, LocalStorage, content_type_for
 from service.deps import ServicesDep
 from service.problems import ProblemError, not_found
-from service.storage import InvalidKey, LocalStorage, content_type_for
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

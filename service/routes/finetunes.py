@@ -9,22 +9,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from core.contract import FinetuneParams, Job, JobKind, dataset_key
+from core.storage import InvalidKey, check_key
 from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
-from service.contract import FinetuneParams, Job, JobKind, dataset_key
 from service.datasets import DatasetError, DatasetTooLarge, DatasetWriter
-from service.deps import FinetuneCaller, ServicesDep, get_queue
+from service.deps import FinetuneCaller, ServicesDep
 from service.problems import ProblemError
-from service.queue import JobQueue
 from service.routes.common import cancel_job, owned_job, present_job
 from service.routes.generate import check_webhook, invalid, resolve_model
 from service.routes.jobs import JobId, JobPage
-from service.storage import InvalidKey, check_key
 
 router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"])
 
@@ -136,7 +135,6 @@ async def create_finetune(
     response: Response,
     principal: FinetuneCaller,
     services: ServicesDep,
-    queue: Annotated[JobQueue, Depends(get_queue)],
 ) -> Job:
     store, storage, settings, tenant = services.store, services.storage, services.settings, principal.tenant
     await run_in_threadpool(check_rate, store, settings, tenant)
@@ -156,7 +154,7 @@ async def create_finetune(
             if not await run_in_threadpool(storage.list, payload["s3_prefix"]):
                 raise invalid("s3_prefix", f"nothing is stored under {payload['s3_prefix']!r}")
         elif uploads:
-            writer = DatasetWriter(storage, prefix, settings.max_upload_bytes)
+            writer = DatasetWriter(storage, prefix, settings.gateway.max_upload_bytes)
             try:
                 await run_in_threadpool(_store_uploads, writer, uploads)
             except DatasetTooLarge as exc:
@@ -169,7 +167,7 @@ async def create_finetune(
         else:
             raise invalid("files", "upload images (or a zip) in `files`, or give an s3_prefix")
         job = build_job(job_id, JobKind.finetune, tenant, model.name, payload, params.metadata, webhook_url)
-        job, _ = await run_in_threadpool(create_and_enqueue, store, queue, settings, job)
+        job, _ = await run_in_threadpool(create_and_enqueue, store, services.queue, settings, job)
     except Exception:
         if uploads:  # nothing may stay behind for a job that will not run
             await run_in_threadpool(storage.delete_prefix, prefix)
@@ -210,9 +208,8 @@ def cancel_finetune(
     services: ServicesDep,
     request: Request,
     response: Response,
-    queue: Annotated[JobQueue, Depends(get_queue)],
 ) -> Job:
     job = owned_job(services.store, principal.tenant, job_id, JobKind.finetune)
-    result = cancel_job(services.store, queue, job)
+    result = cancel_job(services.store, services.queue, job)
     response.status_code = 202 if result.status.value == "running" else 200
     return present_job(result, services.store, services.storage, services.settings, request)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from core.contract import GenerateRequest, Job, JobKind, JobStatus
+from core.jobqueue import JobQueue
+from core.jobstore import JobStore, body_hash
+from core.settings import Settings
+from core.webhooks import WebhookURLRefused, check_webhook_url
 from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
-from service.contract import GenerateRequest, Job, JobKind, JobStatus
-from service.deps import GenerateCaller, ServicesDep, get_queue
-from service.jobstore import JobStore, body_hash
-from service.models import ModelCatalog, ModelInfo
+from service.catalog import ModelCatalog, ModelInfo
+from service.deps import GenerateCaller, ServicesDep
 from service.problems import ProblemError
-from service.queue import JobQueue
 from service.routes.common import present_job
-from service.settings import Settings
-from service.webhooks import WebhookURLRefused, check_webhook_url
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -170,15 +170,14 @@ async def generate(
     response: Response,
     principal: GenerateCaller,
     services: ServicesDep,
-    queue: Annotated[JobQueue, Depends(get_queue)],
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header()] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Job:
     job, created = await run_in_threadpool(
-        admit_generate, services, queue, principal.tenant, body, idempotency_key
+        admit_generate, services, services.queue, principal.tenant, body, idempotency_key
     )
-    wait_s = parse_prefer_wait(prefer, services.settings.max_wait_s)
+    wait_s = parse_prefer_wait(prefer, services.settings.gateway.max_wait_s)
     if wait_s is not None and not job.status.terminal:
         job = await services.store.wait_terminal(job.id, wait_s) or job
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"

@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service import metrics
-from service.contract import JobKind
+from core import metrics
+from core.contract import JobKind
 from service.deps import ServicesDep
 from service.problems import problem_response
 
@@ -34,7 +34,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     checks = {
         "job_store": _safe(services.store.ping),
         "storage": _safe(services.storage.ping),
-        "queue": _safe(lambda: queue.ready if services.embedded else queue.ping()),
+        "queue": _safe(lambda: queue.ready),
     }
     if all(checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})

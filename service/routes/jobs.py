@@ -7,16 +7,15 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.contract import Job, JobKind, JobStatus
-from service.deps import Caller, ServicesDep, get_queue
-from service.jobstore import JobStore
+from core.contract import Job, JobKind, JobStatus
+from core.jobstore import JobStore
+from service.deps import Caller, ServicesDep
 from service.problems import ProblemError
-from service.queue import JobQueue
 from service.routes.common import cancel_job, owned_job, present_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -69,14 +68,13 @@ def cancel(
     services: ServicesDep,
     request: Request,
     response: Response,
-    queue: Annotated[JobQueue, Depends(get_queue)],
 ) -> Job:
     job = owned_job(services.store, principal.tenant, job_id)
     if not principal.has(job.kind.value):
         raise ProblemError(
             403, "Forbidden", f"this API key lacks the `{job.kind.value}` scope", "missing-scope"
         )
-    result = cancel_job(services.store, queue, job)
+    result = cancel_job(services.store, services.queue, job)
     response.status_code = 202 if result.status is JobStatus.running else 200
     return present_job(result, services.store, services.storage, services.settings, request)
 
@@ -126,6 +124,6 @@ def events(job_id: JobId, principal: Caller, services: ServicesDep, request: Req
     def render(job: Job) -> Job:
         return present_job(job, services.store, services.storage, services.settings, request)
 
-    stream = job_events(services.store, job_id, render, services.settings.events_max_s)
+    stream = job_events(services.store, job_id, render, services.settings.gateway.events_max_s)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

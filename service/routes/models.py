@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.contract import adapter_key
+from core.contract import adapter_key
 from service.deps import Caller, FinetuneCaller, ServicesDep
 from service.problems import not_found
 from service.routes.jobs import JobId

@@ -8,7 +8,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from service.cli import main
+from fae.cli import main
 
 
 def test_model_info_json_matches_the_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:

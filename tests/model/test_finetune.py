@@ -168,7 +168,7 @@ def test_a_text_finetune_uses_the_trigger_phrase_and_leaves_a_shared_pipeline_al
 def test_fae_finetune_and_generate_with_the_adapter(
     trained_tiny, brand_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    from service.cli import main
+    from fae.cli import main
 
     adapter = tmp_path / "adapter"
     code = main(

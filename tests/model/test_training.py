@@ -238,7 +238,7 @@ def test_a_checkpoint_is_never_half_written(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_fae_train_cli_writes_a_loadable_model(shapes_dir: Path, tmp_path: Path, capsys) -> None:
-    from service.cli import main
+    from fae.cli import main
 
     out = tmp_path / "cli-model"
     # --stage all, 3 steps a stage (3 // 4 = 0 ib-recon steps: skipped)

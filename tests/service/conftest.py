@@ -15,12 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.contract import Job, JobOutput, JobStatus, output_key
+from core.jobqueue import JobQueue
+from core.jobstore import InvalidTransition, JobStore, MemoryJobStore
+from core.settings import Settings
+from core.storage import LocalStorage, Storage
 from service.app import create_app
-from service.contract import Job, JobOutput, JobStatus, output_key
-from service.jobstore import InvalidTransition, JobStore, MemoryJobStore
-from service.queue import JobQueue
-from service.settings import Settings
-from service.storage import LocalStorage, Storage
 
 KEYS = {
     "acme": "acme-key-0001",
@@ -158,11 +158,11 @@ def make_gateway(tmp_path: Path, model_dirs: dict[str, Path]) -> Iterator[MakeGa
             "webhook_signing_key": "test-signing-key",
         }
         fields.update(overrides)
-        settings = Settings(**fields)
+        settings = Settings().override(**fields)
         store = store or MemoryJobStore(settings)
         storage = storage or LocalStorage(tmp_path / "files")
         queue = FakeQueue(store=store, storage=storage, complete=complete, delay_s=delay_s)
-        app = create_app(settings, embedded=False, job_store=store, storage=storage, job_queue=queue)
+        app = create_app(settings, job_store=store, storage=storage, job_queue=queue)
         client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
         client.__enter__()
         clients.append(client)

@@ -6,8 +6,8 @@ import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.contract import JobStatus
-from service.jobstore import RedisJobStore
+from core.contract import JobStatus
+from core.jobstore import RedisJobStore
 
 
 def sample(text: str, name: str, **labels: str) -> float:

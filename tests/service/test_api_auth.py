@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.contract import Job, JobKind, JobStatus
-from service.jobstore.base import utcnow
+from core.contract import Job, JobKind, JobStatus
+from core.jobstore.base import utcnow
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 # (method, path, scope the route needs or None for any valid key)

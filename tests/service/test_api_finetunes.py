@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from service.contract import JobStatus
+from core.contract import JobStatus
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service.contract import JobStatus
-from service.jobstore import MemoryJobStore
+from core.contract import JobStatus
+from core.jobstore import MemoryJobStore
 
 PROBLEM = "application/problem+json"
 

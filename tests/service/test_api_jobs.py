@@ -6,7 +6,7 @@ import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from service.contract import JobStatus
+from core.contract import JobStatus
 
 
 def sse_events(text: str) -> list[tuple[str, dict]]:

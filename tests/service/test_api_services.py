@@ -9,16 +9,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.jobstore import RedisJobStore
-from service.settings import Settings
-from service.storage import S3Storage
+from core.jobstore import RedisJobStore
+from core.settings import Settings
+from core.storage import S3Storage
 
 pytestmark = pytest.mark.services
 
 
 @pytest.fixture
 def real_parts(redis_server, s3_server, s3_bucket) -> Iterator[tuple[RedisJobStore, S3Storage, Settings]]:
-    settings = Settings(
+    settings = Settings().override(
         redis_namespace=f"test-{uuid.uuid4().hex[:12]}", **s3_server.settings_fields(s3_bucket)
     )
     store = RedisJobStore(redis_server.url(), settings)
@@ -46,7 +46,7 @@ def test_generate_on_redis_and_s3(make_gateway, headers, png, real_parts) -> Non
     assert job["status"] == "succeeded" and len(job["outputs"]) == 2
     with httpx.Client(timeout=10) as client:  # presigned S3 URLs, fetched from SeaweedFS itself
         for output in job["outputs"]:
-            assert output["url"].startswith(settings.s3_endpoint_url)
+            assert output["url"].startswith(settings.storage.s3_endpoint_url)
             response = client.get(output["url"])
             assert response.status_code == 200 and response.content == png()
         forged = job["outputs"][0]["url"].replace(f"/{job_id}/0.png", f"/{job_id}/1.png")
@@ -56,7 +56,7 @@ def test_generate_on_redis_and_s3(make_gateway, headers, png, real_parts) -> Non
 
 def test_limits_hold_in_redis_across_gateways(make_gateway, headers, real_parts) -> None:
     store, storage, settings = real_parts
-    shared = {"rate_limit_per_minute": 3, "redis_namespace": settings.redis_namespace}
+    shared = {"rate_limit_per_minute": 3, "redis_namespace": settings.redis.namespace}
     first = make_gateway(store=store, storage=storage, **shared)
     second = make_gateway(store=RedisJobStore(store.redis_url, settings), storage=storage, **shared)
     codes = [

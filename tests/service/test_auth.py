@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from service.auth import ApiKeyConfigError, ApiKeyRegistry, parse_entries
-from service.settings import Settings
 
 
 def test_entries_from_env_and_file(tmp_path: Path) -> None:
@@ -16,7 +16,9 @@ def test_entries_from_env_and_file(tmp_path: Path) -> None:
         "# one per line\nglobex:globex-key-1:admin\n\ninitech:initech-key-1:generate+finetune, x:xkey-12345\n"
     )
     registry = ApiKeyRegistry.from_settings(
-        Settings(api_keys="acme:acme-key-123, acme:acme-key-456:generate", api_keys_file=key_file)
+        Settings()
+        .override(api_keys="acme:acme-key-123, acme:acme-key-456:generate", api_keys_file=key_file)
+        .gateway
     )
     assert len(registry) == 5
     acme = registry.authenticate("acme-key-123")
@@ -30,7 +32,7 @@ def test_entries_from_env_and_file(tmp_path: Path) -> None:
 
 
 def test_registry_keeps_only_hashes() -> None:
-    registry = ApiKeyRegistry.from_settings(Settings(api_keys="acme:plaintext-key-1"))
+    registry = ApiKeyRegistry.from_settings(Settings().override(api_keys="acme:plaintext-key-1").gateway)
     assert "plaintext-key-1" not in repr(registry.__dict__)
 
 

@@ -27,7 +27,7 @@ def test_fae_serve_embedded_generates_an_image(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAE_")}
     env |= {"FAE_DATA_DIR": str(tmp_path / "var"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--embedded", "--port", str(port)]
+    cmd = [sys.executable, "-m", "fae.cli", "serve", "--embedded", "--port", str(port)]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 from service.app import create_app
-from service.settings import Settings
-app = create_app(Settings(api_keys="acme:acme-key-0001", data_dir=sys.argv[1]), embedded=False)
+from core.settings import Settings
+app = create_app(Settings().override(api_keys="acme:acme-key-0001", data_dir=sys.argv[1]))
 heavy = sorted(m for m in ("torch", "diffusers", "transformers", "model", "worker") if m in sys.modules)
 print(",".join(heavy) or "clean")
 """
@@ -28,7 +28,7 @@ def test_gateway_imports_no_torch(tmp_path: Path) -> None:
 
 _CLI_PROBE = """
 import sys
-from service.cli import build_parser
+from fae.cli import build_parser
 args = build_parser().parse_args(["serve", "--port", "8123"])
 assert args.handler.__name__ == "serve_command"
 heavy = sorted(m for m in ("torch", "diffusers", "transformers", "worker") if m in sys.modules)

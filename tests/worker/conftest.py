@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from service.contract import GenerateRequest, Job, JobKind, JobStatus
-from service.jobstore import JobStore
-from service.jobstore.base import utcnow
+from core.contract import GenerateRequest, Job, JobKind, JobStatus
+from core.jobstore import JobStore
+from core.jobstore.base import utcnow
 
 MakeJob = Callable[..., Job]
 

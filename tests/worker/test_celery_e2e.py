@@ -25,18 +25,21 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.contract import Job, JobStatus
-from service.jobstore import RedisJobStore
-from service.queue import CeleryJobQueue
-from service.settings import Settings
-from service.storage import S3Storage
-from service.webhooks import secret_for_tenant, verify
+from core.contract import Job, JobStatus
+from core.jobqueue import CeleryJobQueue
+from core.jobstore import RedisJobStore
+from core.settings import Settings
+from core.storage import S3Storage
+from core.webhooks import secret_for_tenant, verify
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CELERY_DB = 11  # this module's Redis database: Celery's queue keys are not namespaced
 POISON_PROMPT = "poison-pill-for-tests"
+# Test-only engine behaviour of every worker this module starts (see hooked_worker.py).
+HOOKS = {"crash_on_prompt": POISON_PROMPT, "step_delay_s": 0.03}
+HOOKED_WORKER = Path(__file__).with_name("hooked_worker.py")
 WORKER_START_TIMEOUT_S = 120.0
 
 
@@ -107,7 +110,7 @@ class Cluster:
 
     def __init__(self, env: dict[str, str], settings: Settings, workdir: Path) -> None:
         self.env, self.settings, self.workdir = env, settings, workdir
-        self.store = RedisJobStore(settings.redis_url, settings)
+        self.store = RedisJobStore(settings.redis.url, settings)
         self.queue = CeleryJobQueue(settings)
         self.storage = S3Storage(settings)
         self.workers: dict[str, WorkerProcess] = {}
@@ -118,7 +121,7 @@ class Cluster:
         env = {**self.env, "FAE_WORKER_HTTP_PORT": str(port)}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "worker", "--queues", queues],
+                [sys.executable, str(HOOKED_WORKER), json.dumps(HOOKS), "worker", "--queues", queues],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log,
@@ -219,8 +222,6 @@ def cluster(
         "webhook_allowlist": "127.0.0.1",
         "webhook_signing_key": "worker-tests-signing-key",
         "webhook_retry_base_s": 0.3,
-        "test_step_delay_s": 0.03,
-        "test_crash_on_prompt": POISON_PROMPT,
         "log_json": True,
     }
     env = {
@@ -228,7 +229,7 @@ def cluster(
     }
     env.update({f"FAE_{k.upper()}": str(v) for k, v in fields.items()})
     env["PYTHONPATH"] = str(REPO_ROOT)
-    cluster = Cluster(env, Settings(**fields), workdir)
+    cluster = Cluster(env, Settings().override(**fields), workdir)
     try:
         cluster.spawn("w1")
         cluster.spawn("w2")
@@ -259,10 +260,8 @@ def gateway(cluster: Cluster) -> Iterator[Any]:
 
     from service.app import create_app
 
-    settings = cluster.settings.model_copy(
-        update={"api_keys": f"ops:{ADMIN_KEY}:admin,acme:{USER_KEY}:generate"}
-    )
-    app = create_app(settings, embedded=False, job_store=cluster.store, storage=cluster.storage)
+    settings = cluster.settings.override(api_keys=f"ops:{ADMIN_KEY}:admin,acme:{USER_KEY}:generate")
+    app = create_app(settings, job_store=cluster.store, storage=cluster.storage)
     with TestClient(app) as client:
         yield client
 
@@ -342,7 +341,7 @@ def test_webhook_delivered_signed_after_a_failed_attempt(
     assert not verify(secret, headers, body.replace(b"succeeded", b"failed"))
     event = json.loads(body)
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job.id
-    assert event["data"]["outputs"][0]["url"].startswith(live.settings.s3_endpoint_url)
+    assert event["data"]["outputs"][0]["url"].startswith(live.settings.storage.s3_endpoint_url)
     time.sleep(0.5)
     assert len(webhook_receiver.requests) == 2  # no delivery after the success
 
@@ -356,7 +355,7 @@ def test_sigkilled_worker_job_is_requeued_and_succeeds_once(
     os.kill(victim.pid, signal.SIGKILL)
     victim.process.wait(timeout=10)
     killed_at = time.monotonic()
-    requeue_limit_s = live.settings.lease_s + live.settings.reaper_interval_s + 2.0
+    requeue_limit_s = live.settings.worker.lease_s + live.settings.worker.reaper_interval_s + 2.0
     rerun = wait_for(
         lambda: (j := live.store.get(job.id)).attempts == 2 and j,
         requeue_limit_s + 10,

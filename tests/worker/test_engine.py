@@ -109,7 +109,7 @@ def run_together(engine: Engine, jobs: list[GenerationRequest]) -> list[Any]:
 def test_concurrent_requests_share_denoising_steps(tiny_pipeline: Any) -> None:
     """Two jobs submitted together are denoised in the same generator calls (step-level batching) and still
     give their one-at-a-time images."""
-    from service import metrics
+    from core import metrics
 
     engine = Engine({"tiny": tiny_pipeline}, max_batch_size=8)
     try:
@@ -131,7 +131,7 @@ def test_concurrent_requests_share_denoising_steps(tiny_pipeline: Any) -> None:
 def test_jobs_with_different_adapters_share_denoising_steps_with_slots(tmp_path: Path) -> None:
     """With adapter slots, two jobs with different adapters run in the same generator calls and each still gets
     its adapter's one-at-a-time images; the slots are given back when the jobs finish."""
-    from service import metrics
+    from core import metrics
 
     pipe, specs = _pipeline_with_adapters(tmp_path)
     engine = Engine({"tiny": pipe}, max_batch_size=8, adapter_slots=4, adapter_max_rank=4)

@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from service.contract import Job, JobKind, JobStatus, adapter_key, dataset_key
-from service.jobstore import JobStore, MemoryJobStore
-from service.jobstore.base import utcnow
-from service.queue import InProcessJobQueue
-from service.settings import Settings
-from service.storage import LocalStorage
-from service.webhooks import secret_for_tenant, verify
-from worker.engine import Engine
+from core.contract import Job, JobKind, JobStatus, adapter_key, dataset_key
+from core.jobstore import JobStore, MemoryJobStore
+from core.jobstore.base import utcnow
+from core.settings import Settings
+from core.storage import LocalStorage
+from core.webhooks import secret_for_tenant, verify
+from worker.embedded_queue import InProcessJobQueue
+from worker.engine import Engine, EngineHooks
 from worker.execute import ProgressWriter, Throttled, execute_job
 from worker.leases import reap_once
 
@@ -32,7 +32,7 @@ Submit = Callable[[JobStore, Job], Job]
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
+    return Settings().override(
         data_dir=tmp_path,
         lease_s=5,
         heartbeat_s=0.2,
@@ -130,7 +130,7 @@ def test_cancel_a_running_job_between_steps(
     store: JobStore, storage: LocalStorage, tiny_pipeline: Any, settings: Settings,
     generate_job: Callable[..., Job], submit: Submit,
 ) -> None:  # fmt: skip
-    engine = Engine({"tiny": tiny_pipeline}, test_step_delay_s=0.01)
+    engine = Engine({"tiny": tiny_pipeline}, hooks=EngineHooks(step_delay_s=0.01))
     job = submit(store, generate_job(steps=250))
     result: list[Job] = []
     thread = threading.Thread(
@@ -152,7 +152,7 @@ def test_delivery_past_the_limit_is_dead_lettered(
     generate_job: Callable[..., Job], submit: Submit,
 ) -> None:  # fmt: skip
     job = submit(store, generate_job())
-    for _ in range(settings.max_deliveries):  # earlier deliveries that died before finishing
+    for _ in range(settings.worker.max_deliveries):  # earlier deliveries that died before finishing
         store.record_delivery(job.id)
     terminal: list[Job] = []
     final = execute_job(job.id, store, storage, engine, settings, on_terminal=terminal.append)
@@ -165,13 +165,13 @@ def test_delivery_past_the_limit_is_dead_lettered(
 def test_reaper_requeues_then_dead_letters_jobs_whose_lease_ran_out(
     store: JobStore, settings: Settings, generate_job: Callable[..., Job], submit: Submit
 ) -> None:
-    settings.lease_s = 0.05
+    settings = settings.override(lease_s=0.05, heartbeat_s=0.01)
     job = submit(store, generate_job())
     requeued: list[Job] = []
     terminal: list[Job] = []
 
     def start_and_die() -> None:  # what a worker that gets SIGKILLed leaves behind
-        assert store.acquire_lease(job.id, f"worker-{uuid.uuid4().hex[:4]}", settings.lease_s)
+        assert store.acquire_lease(job.id, f"worker-{uuid.uuid4().hex[:4]}", settings.worker.lease_s)
         deliveries = store.record_delivery(job.id)
         store.transition(job.id, JobStatus.running, attempts=deliveries)
         time.sleep(0.1)
@@ -310,8 +310,9 @@ def test_embedded_runner_runs_jobs_and_retries_webhooks(
     store: JobStore, storage: LocalStorage, settings: Settings, tiny_model_dir: Path,
     generate_job: Callable[..., Job], submit: Submit, webhook_receiver: Any,
 ) -> None:  # fmt: skip
-    settings.models = f"tiny={tiny_model_dir}"
-    settings.webhook_allowlist, settings.webhook_retry_base_s = "127.0.0.1", 0.05
+    settings = settings.override(
+        models=f"tiny={tiny_model_dir}", webhook_allowlist="127.0.0.1", webhook_retry_base_s=0.05
+    )
     webhook_receiver.statuses = [503]
     runner = InProcessJobQueue(settings, store, storage)
     runner.start()

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from service.contract import Job, JobStatus
-from service.jobstore import JobStore, RedisJobStore
-from service.settings import Settings
+from core.contract import Job, JobStatus
+from core.jobstore import JobStore, RedisJobStore
+from core.settings import Settings
 from worker.leases import reap_once, reaper_lock
 from worker.main import check_queues, run_reaper
 
@@ -28,12 +28,14 @@ def settings(redis_server: Any) -> Settings:
     url = redis_server.url(CELERY_DB)
     redis.Redis.from_url(url).flushdb()
     namespace = f"reap-{uuid.uuid4().hex[:8]}"
-    return Settings(redis_url=url, redis_namespace=namespace, lease_s=0.2, heartbeat_s=0.05, max_deliveries=3)
+    return Settings().override(
+        redis_url=url, redis_namespace=namespace, lease_s=0.2, heartbeat_s=0.05, max_deliveries=3
+    )
 
 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[RedisJobStore]:
-    store = RedisJobStore(settings.redis_url, settings)
+    store = RedisJobStore(settings.redis.url, settings)
     try:
         yield store
     finally:
@@ -43,9 +45,9 @@ def store(settings: Settings) -> Iterator[RedisJobStore]:
 
 def abandoned_running_job(store: JobStore, job: Job, settings: Settings) -> Job:
     """A job whose worker took it and died: running, with a lease nobody renews."""
-    assert store.acquire_lease(job.id, "dead-worker", settings.lease_s)
+    assert store.acquire_lease(job.id, "dead-worker", settings.worker.lease_s)
     store.transition(job.id, JobStatus.running, attempts=store.record_delivery(job.id))
-    time.sleep(settings.lease_s + 0.1)
+    time.sleep(settings.worker.lease_s + 0.1)
     return job
 
 
@@ -55,7 +57,7 @@ def test_run_reaper_once_requeues_and_sends_the_task_again(
     job = abandoned_running_job(store, submit(store, generate_job()), settings)
     assert run_reaper(settings, once=True) == 0
     assert store.get(job.id).status is JobStatus.queued
-    messages = redis.Redis.from_url(settings.redis_url).lrange("generate", 0, -1)
+    messages = redis.Redis.from_url(settings.redis.url).lrange("generate", 0, -1)
     assert len(messages) == 1
     message = json.loads(messages[0])
     args = json.loads(base64.b64decode(message["body"]))[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from service.jobstore import JobStore
-from service.settings import Settings
-from service.storage import Storage, presign_outputs
-from service.webhooks import deliver, retry_delay_s, secret_for_tenant
+from core.jobstore import JobStore
+from core.settings import Settings
+from core.storage import Storage, presign_outputs
+from core.webhooks import deliver, retry_delay_s, secret_for_tenant
 
 log = logging.getLogger("fae.worker.webhooks")
 
@@ -20,13 +20,13 @@ def attempt_delivery(
     if job is None or not job.webhook_url:
         return None
     context = {"job_id": job.id, "tenant": job.tenant, "attempt": attempt}
-    job = presign_outputs(job, storage, settings.presign_expiry_s)
+    job = presign_outputs(job, storage, settings.storage.presign_expiry_s)
     outcome = deliver(job, job.webhook_url, secret_for_tenant(job.tenant, settings), settings)
     if not outcome.retryable:
         return None
-    if attempt >= settings.webhook_max_attempts:
+    if attempt >= settings.webhooks.max_attempts:
         log.error("webhook given up after %d attempts", attempt, extra=context)
         return None
-    delay_s = retry_delay_s(attempt, base_s=settings.webhook_retry_base_s)
+    delay_s = retry_delay_s(attempt, base_s=settings.webhooks.retry_base_s)
     log.info("webhook retry scheduled in %.1f s", delay_s, extra=context)
     return delay_s

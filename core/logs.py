@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from service.settings import Settings
+from core.settings import ProcessSettings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
@@ -114,7 +114,7 @@ class _FaeHandler(logging.StreamHandler):
     """Marks the handler this module installed, so configuring twice replaces rather than duplicates it."""
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: ProcessSettings) -> None:
     handler = _FaeHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
     handler.addFilter(ContextFilter())

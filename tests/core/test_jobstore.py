@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from service.contract import Job, JobError, JobKind, JobOutput, JobStatus
-from service.jobstore import (
+from core.contract import Job, JobError, JobKind, JobOutput, JobStatus
+from core.jobstore import (
     IdempotencyConflict,
     InflightLimitExceeded,
     InvalidTransition,
@@ -20,15 +20,15 @@ from service.jobstore import (
     MemoryJobStore,
     RedisJobStore,
 )
-from service.jobstore.base import utcnow
-from service.settings import Settings
+from core.jobstore.base import utcnow
+from core.settings import Settings
 
 MakeJob = Callable[..., Job]
 
 
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    settings = Settings(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
+    settings = Settings().override(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
     if request.param == "memory":
         yield MemoryJobStore(settings)
         return
@@ -278,15 +278,15 @@ def test_adapters_are_per_tenant(store: JobStore) -> None:
 
 
 def test_redis_store_forgets_expired_jobs(redis_server, new_job: MakeJob) -> None:
-    settings = Settings(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
+    settings = Settings().override(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
     redis_store = RedisJobStore(redis_server.url(), settings)
     try:
         kept, _ = redis_store.create(new_job())
         gone, _ = redis_store.create(new_job())
-        redis_store._redis.delete(f"{settings.redis_namespace}:job:{gone.id}")  # as if its TTL ran out
+        redis_store._redis.delete(f"{settings.redis.namespace}:job:{gone.id}")  # as if its TTL ran out
         assert redis_store.inflight_count("acme") == 1
         assert [job.id for job in redis_store.list_for_tenant("acme")[0]] == [kept.id]
-        assert redis_store._redis.ttl(f"{settings.redis_namespace}:job:{kept.id}") > 0
+        assert redis_store._redis.ttl(f"{settings.redis.namespace}:job:{kept.id}") > 0
     finally:
         redis_store.flush_namespace()
         redis_store.close()

@@ -1,17 +1,25 @@
-"""`fae`: the one console script. Subcommands import their heavy parts only when they run.
+"""`fae`: the one console script, and the composition root that wires gateway, worker and model together.
 
 - `fae serve [--embedded]`: the gateway (embedded: with an in-process worker, memory job store, local storage);
 - `fae worker`: a Celery GPU worker; `fae reaper`: the lease reaper on its own;
-- model commands (`model-info`, `model-init`, `generate`, `train`, `finetune`): see model/cli.py.
+- model commands (`model-info`, `model-init`, `generate`, `train`, `finetune`): see model/commands.py.
+
+Subcommands import their heavy parts only when they run: `fae serve` never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .errors_cli import run_handler
+# Exceptions whose message is written for the user: printed without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,40 +42,58 @@ def build_parser() -> argparse.ArgumentParser:
     reaper.add_argument("--once", action="store_true", help="one pass, then exit")
     reaper.set_defaults(handler=reaper_command)
 
-    from model.cli import add_commands
+    from model.commands import add_commands
 
     add_commands(sub)
     return parser
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from .server import run_server
-    from .settings import get_settings
+    from core.settings import get_settings
+    from service.server import run_server
 
     settings = get_settings()
-    if args.host:
-        settings.host = args.host
-    if args.port:
-        settings.port = args.port
-    return run_server(settings, embedded=args.embedded)
+    changes = {name: value for name, value in (("host", args.host), ("port", args.port)) if value}
+    if changes:
+        settings = settings.override(**changes)
+    if not args.embedded:
+        from service.app import create_app
+
+        return run_server(create_app(settings), settings.gateway)
+    from fae.embedded import create_embedded_app, embedded_settings, print_welcome
+
+    settings, key = embedded_settings(settings)
+    if key:
+        print_welcome(settings, key)
+    return run_server(create_embedded_app(settings), settings.gateway)
 
 
 def worker_command(args: argparse.Namespace) -> int:
+    from core.settings import get_settings
     from worker.main import run_worker
 
-    from .settings import get_settings
-
     settings = get_settings()
-    queues = args.queues or settings.worker_queues
+    queues = args.queues or settings.worker.queues
     return run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()]) or 0
 
 
 def reaper_command(args: argparse.Namespace) -> int:
+    from core.settings import get_settings
     from worker.main import run_reaper
 
-    from .settings import get_settings
-
     return run_reaper(get_settings(), once=args.once)
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; a user error is one clear line on stderr and exit code 2, not a traceback."""
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        print(f"fae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The job store in Redis: one JSON document per job, changed in WATCH/MULTI transactions.
 
-Keys (all under `settings.redis_namespace`): `job:<id>` (JSON, expires after job_ttl_s),
+Keys (all under `settings.redis.namespace`): `job:<id>` (JSON, expires after job_ttl_s),
 `idem:<tenant>:<digest>`, `inflight:<tenant>` (set), `tjobs:<tenant>:<all|kind>` (sorted by creation),
 `queue:<kind>` (sorted by enqueue order), `cancel:<id>`, `leases` (sorted by expiry, ms) + `lease_owner`
 (hash), `deliveries:<id>`, `dead` (hash), `rate:<tenant>`, `adapters:<tenant>` (hash), and the pub/sub
@@ -19,9 +19,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from service import metrics
-from service.contract import Job, JobKind, JobStatus
-from service.jobstore.base import (
+from core import metrics
+from core.contract import Job, JobKind, JobStatus
+from core.jobstore.base import (
     IdempotencyConflict,
     InflightLimitExceeded,
     InvalidTransition,
@@ -40,15 +40,15 @@ from service.jobstore.base import (
     sort_adapters,
     utcnow,
 )
-from service.jobstore.redis_scripts import ACQUIRE_LEASE, CHECK_RATE, RELEASE_LEASE, RENEW_LEASE
-from service.settings import Settings
+from core.jobstore.redis_scripts import ACQUIRE_LEASE, CHECK_RATE, RELEASE_LEASE, RENEW_LEASE
+from core.settings import Settings
 
 
 class RedisJobStore(JobStore):
     def __init__(self, redis_url: str, settings: Settings) -> None:
         super().__init__(settings)
         self.redis_url = redis_url
-        self._ns = settings.redis_namespace
+        self._ns = settings.redis.namespace
         self._redis = redis.Redis.from_url(
             redis_url,
             decode_responses=True,
@@ -78,7 +78,7 @@ class RedisJobStore(JobStore):
         seq = int(self._redis.incr(self._k("seq")))
         created_ms = int(job.created_at.timestamp() * 1000)
         score = list_score(created_ms, seq)
-        ttl_s = self.settings.job_ttl_s
+        ttl_s = self.settings.limits.job_ttl_s
         inflight_key = self._k("inflight", job.tenant)
         idem_key = self._k("idem", job.tenant, key_digest(idempotency_key)) if idempotency_key else None
         watches = [inflight_key] + ([idem_key] if idem_key else [])
@@ -101,7 +101,7 @@ class RedisJobStore(JobStore):
                 pipe.zremrangebyscore(index_key, "-inf", list_score(created_ms - ttl_s * 1000, 0))
             if idem_key:
                 record = json.dumps({"job_id": job.id, "body_hash": body_hash})
-                pipe.set(idem_key, record, ex=self.settings.idempotency_ttl_s)
+                pipe.set(idem_key, record, ex=self.settings.limits.idempotency_ttl_s)
             return job, True
 
         return self._redis.transaction(txn, *watches, value_from_callable=True)
@@ -167,7 +167,7 @@ class RedisJobStore(JobStore):
             old = Job.model_validate_json(raw)
             new = change(old)
             pipe.multi()
-            pipe.set(key, new.model_dump_json(), ex=self.settings.job_ttl_s)
+            pipe.set(key, new.model_dump_json(), ex=self.settings.limits.job_ttl_s)
             if side_effects and new.status is not old.status:
                 self._status_side_effects(pipe, new)
             pipe.publish(self._k("events", job_id), new.status.value)
@@ -208,7 +208,7 @@ class RedisJobStore(JobStore):
                 return self.transition(job_id, JobStatus.canceled)
             except InvalidTransition:  # a worker took it meanwhile: cancel it as a running job
                 pass
-        self._redis.set(self._k("cancel", job_id), "1", ex=self.settings.job_ttl_s)
+        self._redis.set(self._k("cancel", job_id), "1", ex=self.settings.limits.job_ttl_s)
 
         def flag(current: Job) -> Job:
             if current.status.terminal:
@@ -269,7 +269,7 @@ class RedisJobStore(JobStore):
         key = self._k("deliveries", job_id)
         pipe = self._redis.pipeline()
         pipe.incr(key)
-        pipe.expire(key, self.settings.job_ttl_s)
+        pipe.expire(key, self.settings.limits.job_ttl_s)
         return int(pipe.execute()[0])
 
     def dead_letter(self, job_id: str, reason: str) -> None:

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from service.logging import ContextFilter, JsonFormatter, TextFormatter, bind, redact, register_secret
+from core.logs import ContextFilter, JsonFormatter, TextFormatter, bind, redact, register_secret
 
 
 def capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:

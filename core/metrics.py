@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from service.settings import get_settings
+from core.settings import ProcessSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _enable_multiprocess_from_settings() -> None:
     """prometheus-client picks its value store from the environment: set it before any metric exists."""
-    directory = get_settings().metrics_dir
+    directory = ProcessSettings().metrics_dir  # the environment, as every process reads it
     if directory is not None and not os.environ.get(MULTIPROC_ENV):
         Path(directory).mkdir(parents=True, exist_ok=True)
         os.environ[MULTIPROC_ENV] = str(directory)

@@ -8,10 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service.contract import Job, JobKind, JobOutput, JobStatus
-from service.jobstore.base import utcnow
-from service.settings import Settings
-from service.storage import InvalidKey, LocalStorage, S3Storage, Storage, make_storage, presign_outputs
+from core.contract import Job, JobKind, JobOutput, JobStatus
+from core.jobstore.base import utcnow
+from core.settings import Settings
+from core.storage import InvalidKey, LocalStorage, S3Storage, Storage, make_storage, presign_outputs
 
 
 def exercise_backend(storage: Storage, tmp_path: Path) -> None:
@@ -95,21 +95,22 @@ def test_presign_outputs_fills_urls_and_expiry(tmp_path: Path) -> None:
 
 
 def test_make_storage_picks_the_backend(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, storage_backend="s3", s3_endpoint_url="http://127.0.0.1:1")
+    settings = Settings().override(
+        data_dir=tmp_path, storage_backend="s3", s3_endpoint_url="http://127.0.0.1:1"
+    )
     assert isinstance(make_storage(settings), S3Storage)
-    assert isinstance(make_storage(settings, embedded=True), LocalStorage)
-    assert isinstance(make_storage(Settings(data_dir=tmp_path)), LocalStorage)
+    assert isinstance(make_storage(Settings().override(data_dir=tmp_path)), LocalStorage)
 
 
 @pytest.mark.services
 def test_s3_storage_on_seaweedfs(s3_server, s3_bucket: str, tmp_path: Path) -> None:
-    storage = S3Storage(Settings(**s3_server.settings_fields(s3_bucket)))
+    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)))
     exercise_backend(storage, tmp_path)
 
 
 @pytest.mark.services
 def test_s3_presigned_get_works_over_http_and_tampering_fails(s3_server, s3_bucket: str) -> None:
-    storage = S3Storage(Settings(**s3_server.settings_fields(s3_bucket)))
+    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)))
     storage.put_bytes("tenants/acme/jobs/j1/0.png", b"\x89PNG-data", "image/png")
     storage.put_bytes("tenants/other/jobs/j2/0.png", b"secret")
     url = storage.presign_get("tenants/acme/jobs/j1/0.png", 60)
@@ -127,10 +128,10 @@ def test_s3_presigned_get_works_over_http_and_tampering_fails(s3_server, s3_buck
 @pytest.mark.services
 def test_s3_ping_and_public_endpoint(s3_server, s3_bucket: str) -> None:
     fields = s3_server.settings_fields(s3_bucket)
-    assert not S3Storage(Settings(**{**fields, "s3_bucket": "fae-no-such-bucket"})).ping()
-    public = S3Storage(Settings(**fields, s3_public_endpoint_url="https://files.example.com"))
+    assert not S3Storage(Settings().override(**{**fields, "s3_bucket": "fae-no-such-bucket"})).ping()
+    public = S3Storage(Settings().override(**fields, s3_public_endpoint_url="https://files.example.com"))
     assert public.presign_get("k.png", 60).startswith(f"https://files.example.com/{s3_bucket}/k.png?")
-    fresh = S3Storage(Settings(**{**fields, "s3_bucket": s3_bucket + "-new"}))
+    fresh = S3Storage(Settings().override(**{**fields, "s3_bucket": s3_bucket + "-new"}))
     fresh.create_bucket()
     fresh.create_bucket()  # idempotent
     assert fresh.ping()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from core.webhooks import secret_for_tenant
 from service.deps import Caller, ServicesDep
-from service.webhooks import secret_for_tenant
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

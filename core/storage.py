@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
-from service.contract import Job
-from service.settings import Settings
+from core.contract import Job
+from core.settings import Settings
 
 FILES_ROUTE = "/v1/files/"
 _SIGNING_KEY_FILE = ".fae-signing-key"
@@ -185,23 +185,23 @@ class S3Storage(Storage):
         import boto3
         from botocore.config import Config
 
-        self.bucket = settings.s3_bucket
+        self.bucket = settings.storage.s3_bucket
         config = Config(
-            s3={"addressing_style": "path" if settings.s3_path_style else "auto"},
+            s3={"addressing_style": "path" if settings.storage.s3_path_style else "auto"},
             signature_version="s3v4",
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
         )
         common = {
-            "region_name": settings.s3_region,
-            "aws_access_key_id": settings.s3_access_key_id,
-            "aws_secret_access_key": settings.s3_secret_access_key,
+            "region_name": settings.storage.s3_region,
+            "aws_access_key_id": settings.storage.s3_access_key_id,
+            "aws_secret_access_key": settings.storage.s3_secret_access_key,
             "config": config,
         }
-        self._client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
+        self._client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url, **common)
         # Presigned URLs carry the host in their signature: sign with the endpoint callers will use.
-        public = settings.s3_public_endpoint_url
+        public = settings.storage.s3_public_endpoint_url
         self._presign_client = boto3.client("s3", endpoint_url=public, **common) if public else self._client
 
     def _not_found(self, exc: Exception) -> bool:
@@ -270,11 +270,11 @@ class S3Storage(Storage):
             self._client.create_bucket(Bucket=self.bucket)
 
 
-def make_storage(settings: Settings, embedded: bool = False) -> Storage:
-    """S3 when configured (never in embedded mode); otherwise files under data_dir/storage."""
-    if settings.storage_backend == "s3" and not embedded:
+def make_storage(settings: Settings) -> Storage:
+    """S3 when configured (embedded mode's settings never are); otherwise files under data_dir/storage."""
+    if settings.storage.backend == "s3":
         return S3Storage(settings)
-    return LocalStorage(Path(settings.data_dir) / "storage", settings.public_url)
+    return LocalStorage(Path(settings.process.data_dir) / "storage", settings.gateway.public_url)
 
 
 def presign_outputs(job: Job, storage: Storage, expires_s: int) -> Job:

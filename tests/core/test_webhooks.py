@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from service import metrics
-from service.contract import Job, JobKind, JobOutput, JobStatus
-from service.jobstore.base import utcnow
-from service.settings import Settings
-from service.webhooks import (
+from core import metrics
+from core.contract import Job, JobKind, JobOutput, JobStatus
+from core.jobstore.base import utcnow
+from core.settings import Settings
+from core.webhooks import (
     WebhookURLRefused,
     check_webhook_url,
     deliver,
@@ -31,7 +31,7 @@ from service.webhooks import (
 
 
 def independent_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    """The Standard Webhooks scheme written out from the spec, sharing no code with service.webhooks."""
+    """The Standard Webhooks scheme written out from the spec, sharing no code with core.webhooks."""
     assert secret.startswith("whsec_")
     key = base64.b64decode(secret.split("_", 1)[1])
     mac = hmac.new(key, msg_id.encode() + b"." + timestamp.encode() + b"." + body, hashlib.sha256)
@@ -99,7 +99,7 @@ def test_signature_matches_an_independent_implementation() -> None:
 
 
 def test_delivery_reaches_an_allowed_receiver_signed(receiver: Receiver, tmp_path: Path) -> None:
-    settings = Settings(webhook_allowlist="127.0.0.1", data_dir=tmp_path)
+    settings = Settings().override(webhook_allowlist="127.0.0.1", data_dir=tmp_path)
     secret = secret_for_tenant("acme", settings)
     before = metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered")._value.get()
     outcome = deliver(finished_job(), receiver.url, secret, settings)
@@ -119,13 +119,13 @@ def test_delivery_reaches_an_allowed_receiver_signed(receiver: Receiver, tmp_pat
 
 
 def test_delivery_to_loopback_is_refused_without_allowlist(receiver: Receiver, tmp_path: Path) -> None:
-    outcome = deliver(finished_job(), receiver.url, generate_secret(), Settings(data_dir=tmp_path))
+    outcome = deliver(finished_job(), receiver.url, generate_secret(), Settings().override(data_dir=tmp_path))
     assert outcome.outcome == "refused" and not outcome.retryable
     assert receiver.received == []
 
 
 def test_receiver_errors_are_retryable_and_410_is_final(receiver: Receiver, tmp_path: Path) -> None:
-    settings = Settings(webhook_allowlist="127.0.0.0/8", data_dir=tmp_path)
+    settings = Settings().override(webhook_allowlist="127.0.0.0/8", data_dir=tmp_path)
     receiver.status = 503
     outcome = deliver(finished_job(), receiver.url, generate_secret(), settings)
     assert outcome.outcome == "error" and outcome.retryable and outcome.status_code == 503
@@ -142,7 +142,7 @@ def test_unreachable_receiver_is_a_retryable_error(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings = Settings(webhook_allowlist="127.0.0.1", data_dir=tmp_path, webhook_timeout_s=2)
+    settings = Settings().override(webhook_allowlist="127.0.0.1", data_dir=tmp_path, webhook_timeout_s=2)
     outcome = deliver(finished_job(), f"http://127.0.0.1:{port}/", generate_secret(), settings)
     assert outcome.outcome == "error" and outcome.retryable
 
@@ -176,7 +176,7 @@ def test_public_addresses_pass_and_the_allowlist_admits_internal_ones() -> None:
     target = check_webhook_url("https://93.184.216.34:8443/hook", Settings())
     assert target.port == 8443 and str(target.addresses[0]) == "93.184.216.34"
     assert check_webhook_url("http://[2606:4700::1111]/", Settings()).port == 80
-    settings = Settings(webhook_allowlist="10.0.0.0/8, localhost")
+    settings = Settings().override(webhook_allowlist="10.0.0.0/8, localhost")
     check_webhook_url("http://10.1.2.3/", settings)
     check_webhook_url("http://localhost:9000/", settings)
     with pytest.raises(WebhookURLRefused):
@@ -185,19 +185,19 @@ def test_public_addresses_pass_and_the_allowlist_admits_internal_ones() -> None:
 
 def test_tenant_secrets_configured_derived_and_persisted(tmp_path: Path) -> None:
     configured = generate_secret()
-    settings = Settings(webhook_secrets=f"acme:{configured}", webhook_signing_key="operator-key")
+    settings = Settings().override(webhook_secrets=f"acme:{configured}", webhook_signing_key="operator-key")
     assert secret_for_tenant("acme", settings) == configured
     derived = secret_for_tenant("globex", settings)
     assert derived.startswith("whsec_") and derived == secret_for_tenant("globex", settings)
     assert derived != secret_for_tenant("initech", settings)
     assert len(base64.b64decode(derived[6:])) == 32
     # Without an operator key: a random key persisted in data_dir, the same for every process using it.
-    first = secret_for_tenant("acme", Settings(data_dir=tmp_path / "a"))
-    assert first == secret_for_tenant("acme", Settings(data_dir=tmp_path / "a"))
-    assert first != secret_for_tenant("acme", Settings(data_dir=tmp_path / "b"))
+    first = secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "a"))
+    assert first == secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "a"))
+    assert first != secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "b"))
     assert (tmp_path / "a" / "webhook-signing-key").stat().st_mode & 0o077 == 0
     with pytest.raises(ValueError):
-        secret_for_tenant("acme", Settings(webhook_secrets="no-colon"))
+        secret_for_tenant("acme", Settings().override(webhook_secrets="no-colon"))
 
 
 def test_retry_delays_grow_and_are_capped() -> None:

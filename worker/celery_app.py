@@ -1,4 +1,4 @@
-"""The worker's Celery app: ``celery -A worker.celery_worker worker --pool=solo -Q generate,webhooks``.
+"""The worker's Celery app: ``celery -A worker.celery_app worker --pool=solo -Q generate,webhooks``.
 
 Tasks take a job id only; everything else is in the job store. Signals tie the process's life to a
 ``WorkerRuntime``: ``worker_init`` (before the consumer starts) loads and warms the model, ``worker_ready``
@@ -13,12 +13,12 @@ from typing import Any
 import redis
 from celery import signals
 
-from service.celery_app import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
-from service.logging import bind, configure_logging
-from service.queue import send_webhook_task
-from service.settings import Settings, get_settings
+from core.jobqueue import send_webhook_task
+from core.logs import bind, configure_logging
+from core.settings import Settings, get_settings
+from core.tasks import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
 from worker.runtime import WorkerRuntime
-from worker.webhooks import attempt_delivery
+from worker.webhook_delivery import attempt_delivery
 
 log = logging.getLogger("fae.worker")
 
@@ -74,7 +74,7 @@ def webhook(job_id: str, attempt: int = 1) -> None:
 def _boot(sender: Any = None, **_: Any) -> None:
     global _runtime
     settings = _settings or get_settings()
-    configure_logging(settings)
+    configure_logging(settings.process)
     queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
     _runtime = WorkerRuntime(settings, queues)
     _runtime.boot()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.models import ModelCatalog, describe_model, describe_models
-from service.settings import Settings
+from core.settings import Settings
+from service.catalog import ModelCatalog, describe_model, describe_models
 
 
 def write(path: Path, data: dict) -> None:
@@ -15,7 +15,9 @@ def write(path: Path, data: dict) -> None:
 
 
 def test_class_and_text_models_are_described(model_dirs) -> None:
-    settings = Settings(models=f"cls={model_dirs['cls']},txt={model_dirs['txt']}", default_model="txt")
+    settings = Settings().override(
+        models=f"cls={model_dirs['cls']},txt={model_dirs['txt']}", default_model="txt"
+    )
     cls, txt = describe_models(settings)
     assert (cls.condition_type, cls.num_classes, cls.image_size, cls.default) == ("class", 10, 32, False)
     assert (txt.condition_type, txt.num_classes, txt.default) == ("text", None, True)
@@ -36,7 +38,7 @@ def test_explicit_keys_win_and_missing_keys_stay_unknown(tmp_path: Path) -> None
 
 
 def test_catalog_finds_models_under_data_dir_and_rereads_on_a_miss(tmp_path: Path, model_dirs) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings().override(data_dir=tmp_path)
     catalog = ModelCatalog(settings, refresh_s=3600)
     assert catalog.all() == [] and catalog.resolve(None) is None
     write(tmp_path / "models" / "tiny" / "model_index.json", {})

@@ -13,8 +13,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from service.contract import JobKind
-from service.settings import Settings
+from core.contract import JobKind
+from core.settings import Settings
 
 TASK_GENERATE = "fae.generate"
 TASK_FINETUNE = "fae.finetune"
@@ -35,8 +35,8 @@ TASK_FOR_KIND: dict[JobKind, tuple[str, str]] = {
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings from ours; every worker and the gateway use exactly these."""
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": settings.redis.url,
+        "result_backend": settings.redis.url,
         "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in ALL_QUEUES],
         "task_default_queue": QUEUE_GENERATE,
         "task_routes": {
@@ -56,11 +56,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Redis redelivers unacked messages after this long: it must exceed the longest task, or a running
         # job runs twice. Dead workers are handled sooner by the lease reaper, not by this timeout.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {"visibility_timeout": settings.worker.visibility_timeout_s},
+        "result_backend_transport_options": {"visibility_timeout": settings.worker.visibility_timeout_s},
         # Job state lives in the job store and images in object storage, never in Celery results.
         "task_ignore_result": True,
-        "result_expires": settings.result_expires_s,
+        "result_expires": settings.worker.result_expires_s,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
@@ -69,7 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings, name: str = "fae") -> Celery:
-    """A configured Celery app; tasks are registered by ``worker.celery_worker`` on the worker side only."""
+    """A configured Celery app; tasks are registered by ``worker.celery_app`` on the worker side only."""
     app = Celery(name)
     app.conf.update(celery_config(settings))
     return app

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import metrics
+from core import metrics
 
 FAMILIES = {
     "fae_http_requests",
@@ -39,13 +39,13 @@ def test_every_family_is_exposed() -> None:
 
 
 _CHILD = """
-from service import metrics
+from core import metrics
 metrics.JOBS_TOTAL.labels(kind="generate", status="succeeded").inc(3)
 metrics.WORKER_READY.set(1)
 """
 
 _RENDER = """
-from service import metrics
+from core import metrics
 assert metrics.multiprocess_enabled()
 print(metrics.render_latest()[0].decode())
 """

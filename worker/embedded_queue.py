@@ -1,99 +1,31 @@
-"""How the gateway hands jobs to workers: Celery over Redis, or a thread in this process (embedded mode).
+"""Embedded mode's job queue: jobs run in the gateway's process through the same code as a Celery worker.
 
-Nothing here imports torch or ``worker/`` at import time: ``CeleryJobQueue`` sends tasks by name, and
-``InProcessJobQueue`` imports the worker's execution code only when the embedded mode starts it (that mode
-runs the model in the gateway process by design).
-
-The gateway stores a job first, then calls ``enqueue``; when it makes a job terminal itself (canceling a
-queued job) it calls ``notify_terminal`` so the job's webhook still fires.
+One thread runs jobs through the same ``execute_job`` as the Celery task, one more delivers webhooks with the
+same retry policy. The model loads in the background at ``start``, so the gateway answers at once and turns
+ready when the model is warm. Only the composition root (``fae/embedded.py``) builds one.
 """
 
 from __future__ import annotations
 
-import abc
 import collections
 import heapq
 import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
 
-from service import metrics
-from service.celery_app import TASK_FOR_KIND, TASK_WEBHOOK, make_celery
-from service.contract import Job
-from service.settings import Settings
+from core import metrics
+from core.contract import Job
+from core.jobqueue import JobQueue
+from core.jobstore import JobStore
+from core.settings import Settings
+from core.storage import Storage
+from core.tasks import TASK_FOR_KIND
+from worker.engine import Engine
+from worker.execute import execute_job, make_worker_id
+from worker.webhook_delivery import attempt_delivery
 
-if TYPE_CHECKING:
-    from service.jobstore import JobStore
-    from service.storage import Storage
-
-log = logging.getLogger("fae.queue")
-
-
-class JobQueue(abc.ABC):
-    @abc.abstractmethod
-    def enqueue(self, job: Job) -> None:
-        """Hand a stored, queued job to the workers (its task, on its kind's queue)."""
-
-    @abc.abstractmethod
-    def notify_terminal(self, job: Job) -> None:
-        """Schedule the webhook of a job that became terminal (no-op without ``webhook_url``)."""
-
-    @abc.abstractmethod
-    def depth(self, queue_name: str) -> int:
-        """Messages waiting in a queue (generate, finetune, webhooks)."""
-
-    @abc.abstractmethod
-    def ping(self) -> bool: ...
-
-    @property
-    def ready(self) -> bool:
-        """Whether jobs will run now (embedded: the model is loaded and warm)."""
-        return self.ping()
-
-    def start(self) -> None:  # noqa: B027 - optional hook
-        """Start background work (embedded mode); called from the app's lifespan."""
-
-    def stop(self) -> None:  # noqa: B027 - optional hook
-        """Stop background work."""
-
-
-class CeleryJobQueue(JobQueue):
-    """Sends ``fae.generate`` / ``fae.finetune`` / ``fae.webhook`` by name; the broker is ``redis_url``."""
-
-    def __init__(self, settings: Settings) -> None:
-        import redis
-
-        self.settings = settings
-        self.app = make_celery(settings, name="fae-gateway")
-        self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-
-    def enqueue(self, job: Job) -> None:
-        task, queue_name = TASK_FOR_KIND[job.kind]
-        self.app.send_task(task, args=[job.id], queue=queue_name, routing_key=queue_name)
-
-    def notify_terminal(self, job: Job) -> None:
-        if job.webhook_url:
-            send_webhook_task(self.app, job.id, attempt=1)
-
-    def depth(self, queue_name: str) -> int:
-        return int(self._redis.llen(queue_name))
-
-    def ping(self) -> bool:
-        try:
-            return bool(self._redis.ping())
-        except Exception:
-            return False
-
-    def stop(self) -> None:
-        self._redis.close()
-
-
-def send_webhook_task(app: Any, job_id: str, attempt: int, countdown_s: float = 0.0) -> None:
-    """Queue one delivery attempt of a job's webhook on the CPU-side ``webhooks`` queue."""
-    options: dict[str, Any] = {"countdown": countdown_s} if countdown_s > 0 else {}
-    app.send_task(TASK_WEBHOOK, args=[job_id, attempt], queue="webhooks", routing_key="webhooks", **options)
+log = logging.getLogger(__name__)
 
 
 class InProcessJobQueue(JobQueue):
@@ -109,8 +41,7 @@ class InProcessJobQueue(JobQueue):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.engine: Any = None
-        self.error: str | None = None  # why the model could not load, for /readyz
+        self.engine: Engine | None = None
 
     # --- JobQueue ------------------------------------------------------------------------------------
     def enqueue(self, job: Job) -> None:
@@ -161,13 +92,9 @@ class InProcessJobQueue(JobQueue):
 
     # --- the job thread -------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
-        from worker.engine import Engine
-        from worker.execute import execute_job, make_worker_id
-
         try:
             self.engine = Engine.load_and_warm(self.settings)
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+        except Exception:
             log.exception("embedded worker could not load its model; jobs stay queued")
             return
         metrics.WORKER_READY.set(1)
@@ -199,8 +126,6 @@ class InProcessJobQueue(JobQueue):
             self._webhook_wakeup.notify()
 
     def _run_webhooks(self) -> None:
-        from worker.webhooks import attempt_delivery
-
         while not self._stopping.is_set():
             with self._webhook_wakeup:
                 if not self._webhooks:
@@ -215,13 +140,3 @@ class InProcessJobQueue(JobQueue):
             retry_in = attempt_delivery(job_id, attempt, self.store, self.storage, self.settings)
             if retry_in is not None:
                 self.schedule_webhook(job_id, attempt + 1, retry_in)
-
-
-def make_job_queue(
-    settings: Settings, embedded: bool, store: JobStore | None = None, storage: Storage | None = None
-) -> JobQueue:
-    if embedded:
-        if store is None or storage is None:
-            raise ValueError("the embedded job queue needs the gateway's job store and storage")
-        return InProcessJobQueue(settings, store, storage)
-    return CeleryJobQueue(settings)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from service.settings import Settings
+from core.settings import Settings
 
 ConditionType = Literal["class", "text"]
 
@@ -86,10 +86,10 @@ def describe_model(name: str, path: Path, default: bool = False) -> ModelInfo:
 
 def configured_model_dirs(settings: Settings) -> dict[str, Path]:
     """FAE_MODELS, or (when empty) every pipeline folder under data_dir/models (embedded mode's default)."""
-    dirs = settings.model_dirs()
+    dirs = settings.catalog.model_dirs()
     if dirs:
         return dirs
-    root = Path(settings.data_dir) / "models"
+    root = Path(settings.process.data_dir) / "models"
     if not root.is_dir():
         return {}
     return {p.name: p for p in sorted(root.iterdir()) if (p / "model_index.json").is_file()}
@@ -97,7 +97,9 @@ def configured_model_dirs(settings: Settings) -> dict[str, Path]:
 
 def describe_models(settings: Settings) -> list[ModelInfo]:
     dirs = configured_model_dirs(settings)
-    default = settings.default_model if settings.default_model in dirs else next(iter(dirs), None)
+    default = (
+        settings.catalog.default_model if settings.catalog.default_model in dirs else next(iter(dirs), None)
+    )
     return [describe_model(name, path, default=name == default) for name, path in dirs.items()]
 
 

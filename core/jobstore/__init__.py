@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.jobstore.base import (
+from core.jobstore.base import (
     IdempotencyConflict,
     InflightLimitExceeded,
     InvalidTransition,
@@ -12,9 +12,9 @@ from service.jobstore.base import (
     JobStoreError,
     body_hash,
 )
-from service.jobstore.memory_store import MemoryJobStore
-from service.jobstore.redis_store import RedisJobStore
-from service.settings import Settings
+from core.jobstore.memory_store import MemoryJobStore
+from core.jobstore.redis_store import RedisJobStore
+from core.settings import Settings
 
 __all__ = [
     "IdempotencyConflict",
@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-def make_job_store(settings: Settings, embedded: bool) -> JobStore:
-    if embedded:
-        return MemoryJobStore(settings)
-    return RedisJobStore(settings.redis_url, settings)
+def make_job_store(settings: Settings) -> JobStore:
+    """The production store (Redis); embedded mode builds a ``MemoryJobStore`` in its composition root."""
+    return RedisJobStore(settings.redis.url, settings)

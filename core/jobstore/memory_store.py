@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service import metrics
-from service.contract import Job, JobKind, JobStatus
-from service.jobstore.base import (
+from core import metrics
+from core.contract import Job, JobKind, JobStatus
+from core.jobstore.base import (
     IdempotencyConflict,
     InflightLimitExceeded,
     InvalidTransition,
@@ -31,7 +31,7 @@ from service.jobstore.base import (
     sort_adapters,
     utcnow,
 )
-from service.settings import Settings
+from core.settings import Settings
 
 
 class MemoryJobStore(JobStore):
@@ -80,10 +80,10 @@ class MemoryJobStore(JobStore):
             if max_inflight is not None and self.inflight_count(job.tenant) >= max_inflight:
                 raise InflightLimitExceeded(job.tenant, max_inflight)
             self._jobs[job.id] = job
-            self._expires[job.id] = time.monotonic() + self.settings.job_ttl_s
+            self._expires[job.id] = time.monotonic() + self.settings.limits.job_ttl_s
             self._scores[job.id] = list_score(int(job.created_at.timestamp() * 1000), self._next_seq())
             if idempotency_key:
-                deadline = time.monotonic() + self.settings.idempotency_ttl_s
+                deadline = time.monotonic() + self.settings.limits.idempotency_ttl_s
                 self._idempotency[(job.tenant, key_digest(idempotency_key))] = (job.id, body_hash, deadline)
             return job, True
 
@@ -129,7 +129,7 @@ class MemoryJobStore(JobStore):
                 raise JobNotFound(job_id)
             new = change(old)
             self._jobs[job_id] = new
-            self._expires[job_id] = time.monotonic() + self.settings.job_ttl_s
+            self._expires[job_id] = time.monotonic() + self.settings.limits.job_ttl_s
             if new.status is not old.status:
                 queue = self._queued.setdefault(new.kind.value, {})
                 if new.status is JobStatus.queued:

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from service.contract import Job, JobError, JobKind, JobStatus, Progress, can_transition
-from service.settings import Settings
+from core.contract import Job, JobError, JobKind, JobStatus, Progress, can_transition
+from core.settings import Settings
 
 
 class JobStoreError(Exception):

@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     gen.set_defaults(handler=generate)
 
-    from .training.cli import add_training_commands
+    from .training.commands import add_training_commands
 
     add_training_commands(sub)
 

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from service import metrics
-from service.contract import Job
-from service.settings import Settings, get_settings
+from core import metrics
+from core.contract import Job
+from core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_webhook_url(url: str, settings: Settings) -> WebhookTarget:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookURLRefused("webhook_url has an invalid port") from exc
-    allowed_hosts, allowed_networks = _allowlist(settings.webhook_allowlist)
+    allowed_hosts, allowed_networks = _allowlist(settings.webhooks.allowlist)
     addresses = _resolve(host, port)
     if not addresses:
         raise WebhookURLRefused(f"webhook host {host!r} does not resolve")
@@ -190,13 +190,13 @@ def _persisted_signing_key(data_dir: str) -> bytes:
 
 def secret_for_tenant(tenant: str, settings: Settings) -> str:
     """The tenant's `whsec_` secret: configured in FAE_WEBHOOK_SECRETS, else derived from the signing key."""
-    configured = _configured_secrets(settings.webhook_secrets).get(tenant)
+    configured = _configured_secrets(settings.webhooks.secrets).get(tenant)
     if configured:
         return configured
-    if settings.webhook_signing_key:
-        key = settings.webhook_signing_key.encode()
+    if settings.webhooks.signing_key:
+        key = settings.webhooks.signing_key.encode()
     else:
-        key = _persisted_signing_key(str(Path(settings.data_dir).resolve()))
+        key = _persisted_signing_key(str(Path(settings.process.data_dir).resolve()))
     derived = hmac.new(key, f"fae-webhook-secret:{tenant}".encode(), hashlib.sha256).digest()
     return SECRET_PREFIX + base64.b64encode(derived).decode()
 
@@ -272,7 +272,7 @@ def deliver(job: Job, url: str, secret: str, settings: Settings | None = None) -
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
         with httpx.Client(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False
+            timeout=settings.webhooks.timeout_s, follow_redirects=False, trust_env=False
         ) as client:
             response = client.post(
                 _pinned_url(target, target.addresses[0]), content=body, headers=headers, extensions=extensions
