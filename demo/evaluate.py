@@ -284,11 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         grid_count=args.grid_count,
     )
-    from model.commands import resolve_device
+    from model.devices import resolve_device
     from model.errors import InvalidInputError, WeightsNotFoundError
     from model.io import write_bytes_atomically
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     try:
         report = evaluate(
             args.model, args.data, settings, args.random_preset, device, args.grid, args.grid_prompt

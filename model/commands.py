@@ -79,19 +79,12 @@ def model_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def generate(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .io import write_bytes_atomically
     from .loading import load_pipeline
 
-    pipe = load_pipeline(args.model, device=resolve_device(args.device))
+    pipe = load_pipeline(args.model, device=str(resolve_device(args.device)))
     if args.adapter is not None:
         pipe.load_adapter(args.adapter, scale=args.adapter_scale)
     progress = _progress_bar(args.steps)

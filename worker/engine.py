@@ -188,12 +188,13 @@ class Engine:
     def from_settings(cls, settings: Settings) -> Engine:
         """Load every configured model onto the configured device (no warm-up: call ``warmup``)."""
         from model.compiled import accelerate_pipeline, configure_compile_cache
+        from model.devices import resolve_device, resolve_dtype
         from model.loading import load_pipeline  # heavy: imported only where models load
 
         dirs = settings.catalog.model_dirs()
         if not dirs:
             raise ValueError("no models configured: set FAE_MODELS=name=/path/to/model[,name2=...]")
-        device, dtype = resolve_device(settings.engine.device, settings.engine.dtype)
+        device, dtype = str(resolve_device(settings.engine.device)), resolve_dtype(settings.engine.dtype)
         pipelines: dict[str, Any] = {}
         for name, path in dirs.items():
             started = time.perf_counter()
@@ -570,14 +571,3 @@ class _StepClock:
             return None
         per_step = (self.last - self.started) / self.steps
         return max(total - step, 0) * per_step
-
-
-def resolve_device(device: str, dtype: str) -> tuple[str, Any]:
-    """Settings' ``device``/``dtype`` to a torch device string and dtype (None: the model stack's default)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"FAE_DEVICE={device} but CUDA is not available on this machine")
-    return device, None if dtype == "auto" else getattr(torch, dtype)

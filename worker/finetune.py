@@ -1,10 +1,10 @@
-"""The fine-tune job's plumbing: dataset in, training by ``model.finetune.run_finetune``, adapter out.
+"""The fine-tune job's plumbing: dataset in, training by ``model.training.lora.run_finetune``, adapter out.
 
 The training itself belongs to the model stack. This module fetches the dataset from storage (the gateway's
 upload under ``contract.dataset_key``, or the caller's ``s3_prefix``), runs the trainer on the engine thread
 (it trains a copy of the generator, so the served model is untouched), uploads the adapter directory under
 ``contract.adapter_key`` and registers the adapter, so ``/v1/generate`` can use it at once. A worker whose
-model stack has no ``model.finetune`` fails the job with reason ``not_implemented``.
+model stack has no ``model.training.lora`` fails the job with reason ``not_implemented``.
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ ADAPTER_REPORT_KEYS = (
 
 def load_trainer() -> Callable[..., Any]:
     try:
-        module = importlib.import_module("model.finetune")
+        module = importlib.import_module("model.training.lora")
     except ImportError as exc:
-        if exc.name not in ("model.finetune", "model"):
-            raise  # model.finetune exists but something it needs is missing: a real error
+        if exc.name not in ("model.training.lora", "model"):
+            raise  # model.training.lora exists but something it needs is missing: a real error
         module = None
     trainer = getattr(module, "run_finetune", None)
     if trainer is None:
         raise JobFailure(
             "not_implemented",
             "fine-tuning is not available in this worker build yet (the model stack has no "
-            "model.finetune.run_finetune); the job was not run. Retry once the operator deploys a worker "
+            "model.training.lora.run_finetune); the job was not run. Retry once the operator deploys a worker "
             "that supports fine-tuning",
         )
     return trainer

@@ -124,7 +124,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def finetune_command(args: argparse.Namespace) -> int:
-    from ..finetune import run_finetune
+    from .lora import run_finetune
 
     report = run_finetune(
         base_dir=args.base,

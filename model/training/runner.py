@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..data import open_image_dataset
+from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..fingerprint import json_fingerprint
 from ..io import write_directory_atomically
@@ -26,12 +27,6 @@ from .optim import trainable
 from .progress import CancelCheck, ProgressCallback
 
 STAGE_CHOICES = (*STAGES, "all")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def stage_list(stage: str, config: TrainConfig) -> list[tuple[str, int]]:

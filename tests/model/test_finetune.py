@@ -14,10 +14,10 @@ from model import FAEPipeline
 from model.adapters import CONFIG_NAME, WEIGHTS_NAME
 from model.data import scan_image_folder
 from model.errors import AdapterError, AdapterMismatchError, DatasetError, InvalidInputError, TrainingCanceled
-from model.finetune import run_finetune
 from model.io import write_directory_atomically
 from model.loading import load_pipeline
 from model.synthetic import write_dataset
+from model.training.lora import run_finetune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -123,7 +123,7 @@ def test_too_few_or_too_many_images_and_bad_settings_are_clear_errors(
         run_finetune(
             base_dir=trained_tiny.model_dir, images_dir=brand_dir, out_dir=tmp_path / "out", class_label=10
         )
-    monkeypatch.setattr("model.finetune.FINETUNE_MAX_IMAGES", 11)
+    monkeypatch.setattr("model.training.lora.FINETUNE_MAX_IMAGES", 11)
     with pytest.raises(DatasetError, match="more than 11"):
         run_finetune(base_dir=trained_tiny.model_dir, images_dir=brand_dir, out_dir=tmp_path / "out")
     with pytest.raises(InvalidInputError, match="rank"):

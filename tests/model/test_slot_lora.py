@@ -219,7 +219,7 @@ def test_generators_without_slots_take_only_no_adapter() -> None:
 def test_a_fine_tune_from_a_slotted_pipeline_trains_a_clean_copy(brand_dir: Path, tmp_path: Path) -> None:
     """The worker fine-tunes from the pipeline it serves: the copy it trains drops the slots, the served
     generator keeps them, and the new adapter loads into a slot (same base fingerprint)."""
-    from model.finetune import run_finetune
+    from model.training.lora import run_finetune
 
     pipe = perturbed_pipe("tiny")
     slots = AdapterSlots.attach(pipe.generator, num_slots=3, max_rank=4, max_batch=8)

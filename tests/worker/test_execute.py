@@ -270,12 +270,12 @@ def test_finetune_on_a_worker_without_training_code_fails_not_implemented(
 ) -> None:
     import sys
 
-    monkeypatch.setitem(sys.modules, "model.finetune", None)  # what an older model stack looks like
+    monkeypatch.setitem(sys.modules, "model.training.lora", None)  # what an older model stack looks like
     job = finetune_job()
     store.create(job)
     final = execute_job(job.id, store, storage, engine, settings)
     assert final.status is JobStatus.failed and final.error.reason == "not_implemented"
-    assert "model.finetune" in final.error.message
+    assert "model.training.lora" in final.error.message
 
 
 def test_finetune_with_an_empty_dataset_fails_with_invalid_input(

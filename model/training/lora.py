@@ -25,17 +25,17 @@ from typing import Any
 
 import torch
 
-from .adapters import check_adapter_destination, inject, lora_config, lora_layers, save_adapter, strip_lora
-from .data import open_image_dataset
-from .errors import InvalidInputError
-from .fingerprint import module_fingerprint
-from .latent_cache import LatentCache
-from .pipeline import FAEPipeline
-from .training.config import TrainConfig
-from .training.generator import ClassConditions, GeneratorTask, TextConditions
-from .training.loop import LoopOptions, derive_seed, run_loop
-from .training.progress import CancelCheck, ProgressCallback
-from .training.runner import resolve_device
+from ..adapters import check_adapter_destination, inject, lora_config, lora_layers, save_adapter, strip_lora
+from ..data import open_image_dataset
+from ..devices import resolve_device
+from ..errors import InvalidInputError
+from ..fingerprint import module_fingerprint
+from ..latent_cache import LatentCache
+from ..pipeline import FAEPipeline
+from .config import TrainConfig
+from .generator import ClassConditions, GeneratorTask, TextConditions
+from .loop import LoopOptions, derive_seed, run_loop
+from .progress import CancelCheck, ProgressCallback
 
 FINETUNE_MIN_IMAGES = 10
 FINETUNE_MAX_IMAGES = 1000
@@ -72,7 +72,7 @@ def _base(
     if (base_dir is None) == (pipeline is None):
         raise InvalidInputError("give exactly one of base_dir (a model directory) or pipeline (a loaded one)")
     if pipeline is None:
-        from .loading import load_pipeline
+        from ..loading import load_pipeline
 
         pipeline = load_pipeline(Path(base_dir), device=str(resolve_device(device)))
         generator = strip_lora(pipeline.generator)
