@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from model.loading import default_model_dir, load_pipeline
+from model.repository import default_model_dir, load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

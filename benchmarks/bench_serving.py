@@ -28,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import FAEPipeline
+from model.batching import DenoisingBatcher, DenoisingJob
 from model.compiled import (
     BucketedForward,
     accelerate_pipeline,
@@ -35,8 +36,7 @@ from model.compiled import (
     example_generator_inputs,
     warm_accelerated,
 )
-from model.engine import DenoisingEngine, EngineJob
-from model.loading import quiet_loading
+from model.repository import quiet_loading
 
 from .peers import build_dit_peer
 
@@ -102,16 +102,18 @@ def bench_forward(
     return rows
 
 
-def run_engine(pipe: FAEPipeline, engine: DenoisingEngine, n_images: int, steps: int, scale: float) -> float:
+def run_batcher(
+    pipe: FAEPipeline, batcher: DenoisingBatcher, n_images: int, steps: int, scale: float
+) -> float:
     """Seconds to generate n_images single-image jobs submitted together."""
     cond = {"class_labels": 1} if pipe.condition_type == "class" else {"prompt": "a photo"}
     for i in range(n_images):
         samples = pipe.prepare_samples(
             cond.get("prompt"), cond.get("class_labels"), 1, steps, scale, "constant", i, key=i
         )
-        engine.add(EngineJob(i, samples))
+        batcher.add(DenoisingJob(i, samples))
     start = time.perf_counter()
-    engine.run_until_idle()
+    batcher.run_until_idle()
     sync(pipe.device)
     return time.perf_counter() - start
 
@@ -123,14 +125,14 @@ def bench_end_to_end(
     for steps in steps_list:
         for scale in (1.0, 2.5):
             row: dict[str, Any] = {"steps": steps, "cfg": scale != 1.0, "batch": batch}
-            for name, engine_of in (
-                ("eager", lambda: DenoisingEngine(pipe, max_batch_size=batch)),
-                ("fast", lambda: _fast_engine(pipe, fast, batch)),
+            for name, batcher_of in (
+                ("eager", lambda: DenoisingBatcher(pipe, max_batch_size=batch)),
+                ("fast", lambda: _fast_batcher(pipe, fast, batch)),
             ):
-                run_engine(pipe, engine_of(), 1, min(steps, 2), scale)  # warm-up
-                one = min(run_engine(pipe, engine_of(), 1, steps, scale) for _ in range(repeat))
+                run_batcher(pipe, batcher_of(), 1, min(steps, 2), scale)  # warm-up
+                one = min(run_batcher(pipe, batcher_of(), 1, steps, scale) for _ in range(repeat))
                 many = min(
-                    run_engine(pipe, engine_of(), batch, steps, scale) for _ in range(max(1, repeat // 2))
+                    run_batcher(pipe, batcher_of(), batch, steps, scale) for _ in range(max(1, repeat // 2))
                 )
                 row[f"{name}_one_image_ms"] = one * 1e3
                 row[f"{name}_images_per_s"] = batch / many
@@ -140,8 +142,8 @@ def bench_end_to_end(
     return rows
 
 
-def _fast_engine(pipe: FAEPipeline, fast: dict, batch: int) -> DenoisingEngine:
-    return DenoisingEngine(
+def _fast_batcher(pipe: FAEPipeline, fast: dict, batch: int) -> DenoisingBatcher:
+    return DenoisingBatcher(
         pipe,
         fast["generator"],
         max_batch_size=batch,
@@ -162,7 +164,7 @@ def bench_arrivals(
         for _ in range(n):
             t += rng.expovariate(rate)
             arrivals.append(t)
-        engine = _fast_engine(pipe, fast, batch)
+        batcher = _fast_batcher(pipe, fast, batch)
         latencies, start, next_i = [], time.perf_counter(), 0
         submitted: dict[int, float] = {}
         while len(latencies) < n:
@@ -178,13 +180,13 @@ def bench_arrivals(
                     next_i,
                     key=next_i,
                 )
-                engine.add(EngineJob(next_i, samples))
+                batcher.add(DenoisingJob(next_i, samples))
                 submitted[next_i] = start + arrivals[next_i]
                 next_i += 1
-            if engine.idle:
+            if batcher.idle:
                 time.sleep(max(0.0, min(0.001, arrivals[next_i] - now if next_i < n else 0.0)))
                 continue
-            for result in engine.step():
+            for result in batcher.step():
                 sync(pipe.device)
                 latencies.append(time.perf_counter() - submitted[result.key])
         elapsed = time.perf_counter() - start
@@ -223,7 +225,7 @@ def startup_seconds(model_dir: str, cache_dir: str, device: str, buckets: str) -
         "import sys, time; t=time.perf_counter();"
         "from model.compiled import configure_compile_cache, accelerate_pipeline;"
         f"configure_compile_cache({cache_dir!r});"
-        "from model.loading import load_pipeline;"
+        "from model.repository import load_pipeline;"
         "from benchmarks.bench_serving import warm_pipeline;"
         f"p=load_pipeline({model_dir!r}, device={device!r});"
         f"warm_pipeline(p, [{buckets}]);"

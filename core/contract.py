@@ -12,9 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+# Limits of a request. The model stack checks the same numbers at its own API (model/ imports nothing of
+# ours, so it keeps copies); tests/architecture/test_limits.py keeps each pair equal.
 MAX_IMAGES_PER_REQUEST = 8
 MAX_STEPS = 250
 MAX_SEED = 2**63 - 1
+FINETUNE_MAX_STEPS = 20_000
+FINETUNE_MAX_RANK = 128
 
 
 class JobKind(enum.StrEnum):
@@ -95,8 +99,8 @@ class FinetuneParams(StrictModel):
 
     model: str | None = Field(default=None, max_length=128)
     name: str | None = Field(default=None, max_length=128)
-    steps: int = Field(default=500, ge=1, le=20_000)
-    rank: int = Field(default=8, ge=1, le=128)
+    steps: int = Field(default=500, ge=1, le=FINETUNE_MAX_STEPS)
+    rank: int = Field(default=8, ge=1, le=FINETUNE_MAX_RANK)
     learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
     trigger_phrase: str | None = Field(default=None, max_length=200)
     s3_prefix: str | None = Field(default=None, max_length=1024)
@@ -151,6 +155,46 @@ class Job(BaseModel):
     )
     adapter_id: str | None = Field(default=None, description="Finetune jobs: the adapter they produced.")
     webhook_url: str | None = None
+
+
+class AdapterInfo(BaseModel):
+    """A fine-tuned adapter as its tenant sees it (`GET /v1/adapters`)."""
+
+    id: str = Field(min_length=1, description="Use it as `adapter` in `POST /v1/generate`.")
+    model: str = Field(description="The model it was trained for (and only works with).")
+    name: str | None = None
+    job_id: str | None = Field(default=None, description="The fine-tune job that trained it.")
+    rank: int | None = None
+    steps: int | None = None
+    trigger_phrase: str | None = None
+    created_at: datetime
+    base_fingerprint: str | None = None
+    condition_type: str | None = None
+    adapter_bytes: int | None = None
+    final_loss: float | None = None
+    total_duration_s: float | None = None
+
+
+class AdapterRecord(AdapterInfo):
+    """What a finished fine-tune registers in the job store: the adapter, its owner and where its weights
+    are in storage (the last two are bookkeeping, not shown to callers)."""
+
+    tenant: str = Field(min_length=1)
+    key: str = Field(min_length=1, description="Storage prefix of the weights (`adapter_key`).")
+
+    def info(self) -> AdapterInfo:
+        return AdapterInfo.model_validate(self.model_dump(exclude={"tenant", "key"}))
+
+
+class DeadLetter(BaseModel):
+    """A job parked after it kept killing its worker; an operator can replay its request."""
+
+    job_id: str
+    tenant: str
+    kind: JobKind
+    reason: str
+    deliveries: int = Field(description="How many times the job was delivered to a worker.")
+    at: datetime = Field(description="When it was dead-lettered.")
 
 
 def output_key(tenant: str, job_id: str, index: int, ext: str) -> str:

@@ -302,6 +302,12 @@ def settings_table() -> str:
     for group, cls in GROUPS.items():
         for field, info in cls.model_fields.items():
             default = info.get_default(call_default_factory=True)
+            if isinstance(default, bool):
+                default = str(default).lower()  # as the environment spells it
             shown = "" if default in (None, "") else f"`{default}`"
             rows.append(f"| `{env_name(cls, field)}` | {shown} | {group}: {info.description} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # `python -m core.settings` prints the README's settings table
+    print(settings_table())

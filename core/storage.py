@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
+from core.atomic import write_bytes_atomically
 from core.contract import Job
-from core.settings import Settings
+from core.settings import Settings, StorageSettings
 
 FILES_ROUTE = "/v1/files/"
 _SIGNING_KEY_FILE = ".fae-signing-key"
@@ -118,7 +119,7 @@ class LocalStorage(Storage):
         return path
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
-        _atomic_write(self.path_for(key), data)
+        write_bytes_atomically(self.path_for(key), data)
 
     def put_file(self, key: str, path: Path | str, content_type: str | None = None) -> None:
         target = self.path_for(key)
@@ -181,27 +182,27 @@ class LocalStorage(Storage):
 
 
 class S3Storage(Storage):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StorageSettings) -> None:
         import boto3
         from botocore.config import Config
 
-        self.bucket = settings.storage.s3_bucket
+        self.bucket = settings.s3_bucket
         config = Config(
-            s3={"addressing_style": "path" if settings.storage.s3_path_style else "auto"},
+            s3={"addressing_style": "path" if settings.s3_path_style else "auto"},
             signature_version="s3v4",
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
         )
         common = {
-            "region_name": settings.storage.s3_region,
-            "aws_access_key_id": settings.storage.s3_access_key_id,
-            "aws_secret_access_key": settings.storage.s3_secret_access_key,
+            "region_name": settings.s3_region,
+            "aws_access_key_id": settings.s3_access_key_id,
+            "aws_secret_access_key": settings.s3_secret_access_key,
             "config": config,
         }
-        self._client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url, **common)
+        self._client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, **common)
         # Presigned URLs carry the host in their signature: sign with the endpoint callers will use.
-        public = settings.storage.s3_public_endpoint_url
+        public = settings.s3_public_endpoint_url
         self._presign_client = boto3.client("s3", endpoint_url=public, **common) if public else self._client
 
     def _not_found(self, exc: Exception) -> bool:
@@ -273,7 +274,7 @@ class S3Storage(Storage):
 def make_storage(settings: Settings) -> Storage:
     """S3 when configured (embedded mode's settings never are); otherwise files under data_dir/storage."""
     if settings.storage.backend == "s3":
-        return S3Storage(settings)
+        return S3Storage(settings.storage)
     return LocalStorage(Path(settings.process.data_dir) / "storage", settings.gateway.public_url)
 
 
@@ -293,18 +294,3 @@ def presign_outputs(job: Job, storage: Storage, expires_s: int) -> Job:
 
 def _hidden(relative_key: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(relative_key).parts)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

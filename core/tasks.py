@@ -1,9 +1,9 @@
 """The Celery application both sides share: the gateway sends tasks by name, the worker registers them.
 
 This module imports no torch and nothing from ``worker/``: the gateway builds its app from here and only
-ever calls ``send_task``. The reliability settings follow what Celery-on-Redis users learned the hard way
-(see shared/reference/serving.md): late acks, reject on worker loss, prefetch 1, a visibility timeout above
-the longest task, results that expire and are never stored for images.
+ever calls ``send_task``. The reliability settings are the usual ones for Celery on Redis, where a
+message is otherwise lost or run twice when a worker dies: late acks, reject on worker loss, prefetch 1, a
+visibility timeout above the longest task, results that expire and are never stored for images.
 """
 
 from __future__ import annotations

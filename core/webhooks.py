@@ -29,7 +29,7 @@ import httpx
 
 from core import metrics
 from core.contract import Job
-from core.settings import Settings, get_settings
+from core.settings import WebhookSettings
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def check_webhook_url(url: str, settings: Settings) -> WebhookTarget:
+def check_webhook_url(url: str, webhooks: WebhookSettings) -> WebhookTarget:
     """Resolve `url` and refuse private, loopback, link-local and other non-public addresses.
 
     The operator's allow-list (`FAE_WEBHOOK_ALLOWLIST`: hosts or CIDRs) admits internal receivers.
@@ -110,7 +110,7 @@ def check_webhook_url(url: str, settings: Settings) -> WebhookTarget:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookURLRefused("webhook_url has an invalid port") from exc
-    allowed_hosts, allowed_networks = _allowlist(settings.webhooks.allowlist)
+    allowed_hosts, allowed_networks = _allowlist(webhooks.allowlist)
     addresses = _resolve(host, port)
     if not addresses:
         raise WebhookURLRefused(f"webhook host {host!r} does not resolve")
@@ -122,10 +122,6 @@ def check_webhook_url(url: str, settings: Settings) -> WebhookTarget:
                     "an operator can admit it with FAE_WEBHOOK_ALLOWLIST"
                 )
     return WebhookTarget(str(url), scheme, host, port, tuple(addresses))
-
-
-def validate_webhook_url(url: str, settings: Settings) -> None:
-    check_webhook_url(url, settings)
 
 
 # --- secrets and signatures --------------------------------------------------------------------------
@@ -188,15 +184,16 @@ def _persisted_signing_key(data_dir: str) -> bytes:
     return path.read_bytes()
 
 
-def secret_for_tenant(tenant: str, settings: Settings) -> str:
-    """The tenant's `whsec_` secret: configured in FAE_WEBHOOK_SECRETS, else derived from the signing key."""
-    configured = _configured_secrets(settings.webhooks.secrets).get(tenant)
+def secret_for_tenant(tenant: str, webhooks: WebhookSettings, data_dir: Path) -> str:
+    """The tenant's `whsec_` secret: configured in FAE_WEBHOOK_SECRETS, else derived from the signing key
+    (without one: from a key kept in `data_dir`)."""
+    configured = _configured_secrets(webhooks.secrets).get(tenant)
     if configured:
         return configured
-    if settings.webhooks.signing_key:
-        key = settings.webhooks.signing_key.encode()
+    if webhooks.signing_key:
+        key = webhooks.signing_key.encode()
     else:
-        key = _persisted_signing_key(str(Path(settings.process.data_dir).resolve()))
+        key = _persisted_signing_key(str(Path(data_dir).resolve()))
     derived = hmac.new(key, f"fae-webhook-secret:{tenant}".encode(), hashlib.sha256).digest()
     return SECRET_PREFIX + base64.b64encode(derived).decode()
 
@@ -250,13 +247,12 @@ def _host_header(target: WebhookTarget) -> str:
     return host if target.port == default else f"{host}:{target.port}"
 
 
-def deliver(job: Job, url: str, secret: str, settings: Settings | None = None) -> DeliveryOutcome:
+def deliver(job: Job, url: str, secret: str, webhooks: WebhookSettings) -> DeliveryOutcome:
     """POST the job to `url` once, signed; the URL is validated again and the connection pinned to the
     validated address, so a DNS change between request and delivery cannot redirect it inward."""
-    settings = settings or get_settings()
     webhook_id = webhook_id_for(job)
     try:
-        target = check_webhook_url(url, settings)
+        target = check_webhook_url(url, webhooks)
     except WebhookURLRefused as exc:
         return _record(job, DeliveryOutcome("refused", webhook_id, detail=str(exc)))
     body = payload_for(job)
@@ -271,9 +267,7 @@ def deliver(job: Job, url: str, secret: str, settings: Settings | None = None) -
     }
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
-        with httpx.Client(
-            timeout=settings.webhooks.timeout_s, follow_redirects=False, trust_env=False
-        ) as client:
+        with httpx.Client(timeout=webhooks.timeout_s, follow_redirects=False, trust_env=False) as client:
             response = client.post(
                 _pinned_url(target, target.addresses[0]), content=body, headers=headers, extensions=extensions
             )

@@ -43,8 +43,7 @@ from demo.eval_inputs import (
     read_manifest,
     real_features,
 )
-from demo.grid import sample_grid, save_grid
-from demo.metrics import (
+from demo.feature_stats import (
     chance_rate,
     distance_summary,
     frechet_distance,
@@ -53,6 +52,7 @@ from demo.metrics import (
     match_rate,
     nearest_neighbors,
 )
+from demo.grid import sample_grid, save_grid
 
 MATCH_FIELDS = ("category", "name", "style")
 
@@ -146,8 +146,8 @@ def evaluate(
     grid_prompts: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from model.loading import load_pipeline
     from model.pipeline import FAEPipeline
+    from model.repository import load_pipeline
 
     started = time.monotonic()
     entries = read_manifest(data_dir)

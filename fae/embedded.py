@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from core.atomic import write_bytes_atomically
 from core.jobstore import MemoryJobStore
 from core.settings import Settings
 from core.storage import make_storage
@@ -30,17 +31,13 @@ def dev_key(data_dir: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     key = "fae_dev_" + secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(key + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_bytes_atomically(path, (key + "\n").encode())  # mode 0600: only this user reads the key
     return key
 
 
 def embedded_settings(settings: Settings) -> tuple[Settings, str | None]:
     """The embedded variant of ``settings``, and the development key when one was made for it."""
-    from model.loading import default_model_dir  # the model runs in this process anyway
+    from model.repository import default_model_dir  # the model runs in this process anyway
 
     data_dir = Path(settings.process.data_dir)
     changes: dict[str, object] = {"storage_backend": "local"}
@@ -57,7 +54,7 @@ def embedded_settings(settings: Settings) -> tuple[Settings, str | None]:
 
 def create_embedded_app(settings: Settings) -> FastAPI:
     """The gateway app with a memory job store, local storage and an in-process worker."""
-    store = MemoryJobStore(settings)
+    store = MemoryJobStore(settings.limits)
     storage = make_storage(settings)
     queue = InProcessJobQueue(settings, store, storage)
     return create_app(settings, job_store=store, storage=storage, job_queue=queue)

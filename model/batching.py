@@ -3,21 +3,33 @@
 Each sample carries its own seed (noise generator), step count, guidance schedule, sampler and condition.
 Samples join between steps (`add`) and leave when finished or canceled (`remove`), like continuous batching in
 LLM servers; this works because the generator takes a per-sample timestep. `FAEPipeline.__call__` and the
-worker's engine both denoise through this class, so a batch of requests gives the same images as each
+worker's engine both denoise through `StepBatcher`, so a batch of requests gives the same images as each
 request alone (up to floating-point reassociation in batched matrix products).
+
+`DenoisingBatcher` batches whole jobs on top of it: jobs join at the next step and leave when their samples
+finish or they are canceled, and finished latents are decoded together. Its owner (the worker's engine
+thread, or a benchmark) calls `add` and `step` from one thread.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .guidance import Condition, GuidanceSchedule, guided_velocity
 from .scheduling import FlowMatchingScheduler, check_steps
 
+if TYPE_CHECKING:  # the pipeline builds its batchers from this module
+    from .pipeline import FAEPipeline
+
 GeneratorFn = Callable[..., torch.Tensor]
+# on_step(step, total) after each denoising step of a job or pipeline call; True cancels it
+StepCallback = Callable[[int, int], bool | None]
 
 
 @dataclass
@@ -156,6 +168,146 @@ class StepBatcher:
         done_set = set(done)
         self._keep_rows([i for i in range(len(self._samples)) if i not in done_set])
         return finished
+
+
+@dataclass
+class DenoisingJob:
+    key: Hashable
+    samples: list[Sample]
+    on_step: StepCallback | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def num_steps(self) -> int:
+        return self.samples[0].num_steps
+
+
+@dataclass
+class DenoisingResult:
+    key: Hashable
+    images: torch.Tensor | None  # n×3×H×W in [0, 1] (None when canceled)
+    seeds: list[int]
+    canceled: bool = False
+    queued_s: float = 0.0
+    denoise_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _Running:
+    job: DenoisingJob
+    started_at: float
+    steps_done: int = 0
+    latents: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class DenoisingBatcher:
+    """Whole jobs over one pipeline's `StepBatcher`: admitted oldest first within `max_batch_size`."""
+
+    def __init__(
+        self,
+        pipeline: FAEPipeline,
+        forward: GeneratorFn | None = None,
+        max_batch_size: int = 64,
+        decode_batch_size: int = 32,
+        decoders: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+        | None = None,
+    ) -> None:
+        """`forward` and `decoders` (feature, pixel) default to the pipeline's own modules; pass compiled,
+        bucketed ones (model/compiled.py) to serve at full speed."""
+        self.pipeline = pipeline
+        self.forward = forward or pipeline.generator
+        self.decoders = decoders or (None, None)
+        self.max_batch_size = max_batch_size
+        self.decode_batch_size = decode_batch_size
+        self.batcher: StepBatcher = pipeline.step_batcher()
+        self._pending: deque[DenoisingJob] = deque()
+        self._running: dict[Hashable, _Running] = {}
+        self.last_batch_size = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._running
+
+    def add(self, job: DenoisingJob) -> None:
+        if not job.samples:
+            raise ValueError("a job needs at least one sample")
+        self._pending.append(job)
+
+    def cancel(self, key: Hashable) -> DenoisingResult | None:
+        """Drop a job now, pending or running; returns its canceled result (None if unknown)."""
+        for job in list(self._pending):
+            if job.key == key:
+                self._pending.remove(job)
+                return DenoisingResult(key, None, [s.seed for s in job.samples], canceled=True)
+        running = self._running.pop(key, None)
+        if running is None:
+            return None
+        self.batcher.remove([s.key for s in running.job.samples])
+        return DenoisingResult(key, None, [s.seed for s in running.job.samples], canceled=True)
+
+    def _admit(self) -> None:
+        # Whole jobs only, oldest first; a job larger than the batch limit still runs once the batch is empty.
+        while self._pending:
+            job = self._pending[0]
+            if self._running and len(self.batcher) + len(job.samples) > self.max_batch_size:
+                break
+            self._pending.popleft()
+            self.batcher.add(job.samples)
+            self._running[job.key] = _Running(job, time.perf_counter())
+
+    def step(self) -> list[DenoisingResult]:
+        """Admit waiting jobs, advance every running job by one step, return finished and canceled jobs."""
+        self._admit()
+        if not self._running:
+            return []
+        self.last_batch_size = len(self.batcher)
+        finished: list[Finished] = self.batcher.step(self.forward)
+        for done in finished:
+            job_key, index = done.key
+            self._running[job_key].latents[index] = done.latent
+        results: list[DenoisingResult] = []
+        complete: list[_Running] = []
+        for key, running in list(self._running.items()):
+            running.steps_done += 1
+            job = running.job
+            cancel = job.on_step is not None and job.on_step(running.steps_done, job.num_steps)
+            if len(running.latents) == len(job.samples):
+                complete.append(self._running.pop(key))
+            elif cancel:
+                result = self.cancel(key)
+                assert result is not None
+                results.append(result)
+        if complete:
+            results += self._decode(complete)
+        return results
+
+    def _decode(self, complete: list[_Running]) -> list[DenoisingResult]:
+        denoised_at = time.perf_counter()
+        latents = torch.cat([r.latents[i] for r in complete for i in range(len(r.job.samples))])
+        images = self.pipeline.decode_latents(latents, self.decode_batch_size, *self.decoders)
+        decode_s = time.perf_counter() - denoised_at
+        results, offset = [], 0
+        for running in complete:
+            n = len(running.job.samples)
+            results.append(
+                DenoisingResult(
+                    key=running.job.key,
+                    images=images[offset : offset + n],
+                    seeds=[s.seed for s in running.job.samples],
+                    queued_s=running.started_at - running.job.submitted_at,
+                    denoise_s=denoised_at - running.started_at,
+                    decode_s=decode_s,
+                )
+            )
+            offset += n
+        return results
+
+    def run_until_idle(self) -> list[DenoisingResult]:
+        results: list[DenoisingResult] = []
+        while not self.idle:
+            results += self.step()
+        return results
 
 
 def _append_rows(existing: Condition, rows: list[Condition], device: torch.device) -> Condition:

@@ -82,7 +82,7 @@ def model_init(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .io import write_bytes_atomically
-    from .loading import load_pipeline
+    from .repository import load_pipeline
 
     pipe = load_pipeline(args.model, device=str(resolve_device(args.device)))
     if args.adapter is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .lora_slots import has_adapter_slots
+from .adapters import has_adapter_slots
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -157,7 +157,7 @@ def accelerate_pipeline(
     """Bucketed, compiled (and graphed) forwards for a pipeline's generator and decoders.
 
     Returns {"generator", "feature_decoder", "pixel_decoder"}; the pipeline's modules are left untouched (the
-    engine calls these wrappers), so eager and accelerated paths stay side by side for correctness checks.
+    `DenoisingBatcher` calls these wrappers), so eager and accelerated paths stay side by side for correctness checks.
     """
     return {
         name: BucketedForward(getattr(pipe, name), buckets, compile=compile, cuda_graphs=cuda_graphs)
@@ -176,7 +176,7 @@ def example_generator_inputs(
         kwargs = {"class_labels": torch.randint(0, pipe.num_classes, (batch,), device=device)}
     else:
         kwargs = pipe.encode_text(["a photo"] * batch)
-    if has_adapter_slots(pipe.generator):  # warm the signature served calls use (model/lora_slots.py)
+    if has_adapter_slots(pipe.generator):  # warm the signature served calls use (model/adapters/slots.py)
         kwargs["adapter_slots"] = torch.zeros(batch, dtype=torch.long, device=device)
     return (x, t), kwargs
 

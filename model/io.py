@@ -37,7 +37,9 @@ def write_directory_atomically(dest: Path, write: Callable[[str], object], overw
     return dest
 
 
+# Copied from core/atomic.py (the model stack imports nothing of ours); tests/architecture/test_copies.py keeps the two equal.
 def write_bytes_atomically(dest: Path, data: bytes) -> Path:
+    """Write to a temporary file (mode 0600) in the same directory, fsync, then rename it into place."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

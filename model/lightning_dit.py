@@ -11,6 +11,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .adapters import route_adapter_slots
 from .errors import InvalidInputError
 from .layers import (
     Attention,
@@ -23,7 +24,6 @@ from .layers import (
     sincos_2d,
     tokens_to_grid,
 )
-from .lora_slots import route_adapter_slots
 
 
 class DiTBlock(nn.Module):
@@ -114,7 +114,7 @@ class LightningDiT(ModelMixin, ConfigMixin):
         class_labels: torch.Tensor,
         adapter_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/lora_slots.py)."""
+        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/adapters/slots.py)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.grid_size, cfg.grid_size):
             raise InvalidInputError(

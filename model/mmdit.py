@@ -13,6 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .adapters import route_adapter_slots
 from .errors import InvalidInputError
 from .layers import (
     Attention,
@@ -27,7 +28,6 @@ from .layers import (
     tokens_to_grid,
 )
 from .lightning_dit import FinalLayer, zero_init_adaln
-from .lora_slots import route_adapter_slots
 
 
 class StreamLayers(nn.Module):
@@ -126,7 +126,7 @@ class MMDiT(ModelMixin, ConfigMixin):
         text_pooled: torch.Tensor,
         adapter_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/lora_slots.py)."""
+        """`adapter_slots` (B, long): each row's LoRA slot when slots are attached (model/adapters/slots.py)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.grid_size, cfg.grid_size):
             raise InvalidInputError(

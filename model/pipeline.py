@@ -15,7 +15,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .batching import Sample, StepBatcher
+from .batching import Sample, StepBatcher, StepCallback
 from .errors import GenerationCanceled, InvalidInputError
 from .guidance import Condition, GuidanceSchedule
 from .scheduling import check_sampler, check_steps
@@ -29,9 +29,8 @@ COMPONENT_MODULES = (
     "model.encoders",
     "model.text_encoders",
 )
-ProgressCallback = Callable[[int, int], bool | None]
 MAX_IMAGES_PER_CALL = 64
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # Kept equal to core.contract.MAX_SEED (tests/architecture/test_limits.py checks).
 
 
 @dataclass
@@ -235,10 +234,10 @@ class FAEPipeline(DiffusionPipeline):
     ) -> list[Sample]:
         """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index).
 
-        With LoRA slots attached to the generator (model/lora_slots.py), every sample's cond and uncond rows
+        With LoRA slots attached to the generator (model/adapters/slots.py), every sample's cond and uncond rows
         carry `adapter_slots` (`adapter_slot`, 0 for none), so samples with different adapters share a batch.
         """
-        from .lora_slots import NO_ADAPTER, has_adapter_slots
+        from .adapters import NO_ADAPTER, has_adapter_slots
 
         check_steps(num_inference_steps)
         check_sampler(sampler)
@@ -267,7 +266,7 @@ class FAEPipeline(DiffusionPipeline):
         """An empty step-level batch on this pipeline's device (see model/batching.py)."""
         return StepBatcher(self.scheduler, self.latent_shape, self.device, self.generator.dtype)
 
-    # --- LoRA adapters (logic in model/adapters.py) ---------------------------------------------------
+    # --- LoRA adapters (logic in model/adapters/) ---------------------------------------------------
     def load_adapter(
         self, path: str | os.PathLike[str], adapter_id: str | None = None, scale: float = 1.0
     ) -> str:
@@ -304,7 +303,7 @@ class FAEPipeline(DiffusionPipeline):
         seed: int | Sequence[int] | None = None,
         sampler: str = "euler",
         output_type: Literal["pil", "np", "pt"] = "pil",
-        callback: ProgressCallback | None = None,
+        callback: StepCallback | None = None,
     ) -> FAEPipelineOutput:
         if output_type not in ("pil", "np", "pt"):
             raise InvalidInputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")

@@ -20,7 +20,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .errors import InvalidInputError
 
 SAMPLERS = ("euler", "euler_maruyama")
-MAX_STEPS = 250
+MAX_STEPS = 250  # Kept equal to core.contract.MAX_STEPS (tests/architecture/test_limits.py checks).
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from model.encoders.common import (
+from model.encoders.frozen import (
     ExternalWeightsMixin,
     FrozenComponent,
     check_loading_info,

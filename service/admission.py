@@ -14,9 +14,10 @@ from typing import Any
 from core import metrics
 from core.contract import Job, JobError, JobKind, JobStatus
 from core.jobqueue import JobQueue
-from core.jobstore import InflightLimitExceeded, InvalidTransition, JobStore
+from core.jobstore import InflightLimitExceeded, InvalidTransition, JobRecords, RateLimiter
 from core.jobstore.base import utcnow
-from core.settings import Settings
+from core.lifecycle import record_terminal
+from core.settings import LimitsSettings
 from service.problems import ProblemError, too_many_requests
 
 logger = logging.getLogger(__name__)
@@ -29,24 +30,20 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_rate(store: JobStore, settings: Settings, tenant: str) -> None:
-    retry_after = store.check_rate(tenant, settings.limits.rate_limit_per_minute)
+def check_rate(rates: RateLimiter, limits: LimitsSettings, tenant: str) -> None:
+    retry_after = rates.check_rate(tenant, limits.rate_limit_per_minute)
     if retry_after is not None:
-        detail = (
-            f"more than {settings.limits.rate_limit_per_minute} requests a minute for this tenant; slow down"
-        )
+        detail = f"more than {limits.rate_limit_per_minute} requests a minute for this tenant; slow down"
         raise too_many_requests(detail, retry_after)
 
 
-def check_capacity(store: JobStore, settings: Settings, tenant: str, kind: JobKind) -> None:
+def check_capacity(jobs: JobRecords, limits: LimitsSettings, tenant: str, kind: JobKind) -> None:
     """The non-atomic pre-check (the in-flight limit is enforced atomically again at create)."""
-    if store.inflight_count(tenant) >= settings.limits.max_inflight_per_tenant:
-        raise InflightLimitExceeded(
-            tenant, settings.limits.max_inflight_per_tenant
-        )  # a 429 (see problems.py)
-    depth = store.queue_depth(kind)
+    if jobs.inflight_count(tenant) >= limits.max_inflight_per_tenant:
+        raise InflightLimitExceeded(tenant, limits.max_inflight_per_tenant)  # a 429 (see problems.py)
+    depth = jobs.queue_depth(kind)
     metrics.QUEUE_DEPTH.labels(queue=kind.value).set(depth)
-    if depth >= settings.limits.max_queue_depth:
+    if depth >= limits.max_queue_depth:
         detail = f"the {kind.value} queue is full ({depth} jobs waiting); retry later"
         raise too_many_requests(detail, QUEUE_FULL_RETRY_S, slug="queue-full")
 
@@ -74,33 +71,32 @@ def build_job(
 
 
 def create_and_enqueue(
-    store: JobStore,
+    jobs: JobRecords,
     queue: JobQueue,
-    settings: Settings,
+    limits: LimitsSettings,
     job: Job,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
-    enforce_inflight: bool = True,
 ) -> tuple[Job, bool]:
     """Store the job (atomically within the in-flight limit), then enqueue it. (job, created)."""
-    limit = settings.limits.max_inflight_per_tenant if enforce_inflight else None
-    stored, created = store.create(job, idempotency_key, body_hash, max_inflight=limit)
+    stored, created = jobs.create(
+        job, idempotency_key, body_hash, max_inflight=limits.max_inflight_per_tenant
+    )
     if created:
-        enqueue(store, queue, stored)
+        enqueue(jobs, queue, stored)
     return stored, created
 
 
-def enqueue(store: JobStore, queue: JobQueue, job: Job) -> None:
-    store.mark_enqueued(job)
+def enqueue(jobs: JobRecords, queue: JobQueue, job: Job) -> None:
+    jobs.mark_enqueued(job)
     try:
         queue.enqueue(job)
     except Exception as exc:
         logger.exception("enqueue failed", extra={"job_id": job.id, "tenant": job.tenant})
         error = JobError(reason="enqueue_failed", message="the job could not be queued; submit it again")
         with contextlib.suppress(InvalidTransition):
-            store.transition(job.id, JobStatus.failed, error=error)
-        metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="enqueue_failed").inc()
-        metrics.JOBS_TOTAL.labels(kind=job.kind.value, status="failed").inc()
+            jobs.transition(job.id, JobStatus.failed, error=error)
+        record_terminal(job.model_copy(update={"status": JobStatus.failed, "error": error}))
         raise ProblemError(
             503,
             "Service Unavailable",

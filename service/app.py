@@ -5,8 +5,9 @@ Celery queue). Embedded mode (`fae serve --embedded`) passes its own memory stor
 in-process queue from the composition root (`fae/embedded.py`); tests pass fakes the same way. This module,
 and everything it imports, never imports torch, `model/` or `worker/`.
 
-Handlers are `async` when they only touch the event loop's state (auth, the request) and plain `def` when they
-call the job store or storage, which block: FastAPI runs those in its thread pool.
+Handlers that call the job store or storage, which block, are plain `def`: FastAPI runs them in its thread
+pool. A handler is `async` only when it must await something (the request body stream, `Prefer: wait`); it
+then calls every blocking function through `run_in_threadpool`.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ MAX_FILES = 10_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class DatasetError(ValueError):
+class UploadRejected(ValueError):
     """The upload is not a usable dataset (the message says why)."""
 
 
-class DatasetTooLarge(DatasetError):
+class UploadTooLarge(UploadRejected):
     pass
 
 
@@ -58,9 +58,9 @@ def check_image(name: str, data: bytes) -> None:
             image_format = image.format
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{name} is not a readable image") from exc
+        raise UploadRejected(f"{name} is not a readable image") from exc
     if image_format not in IMAGE_FORMATS:
-        raise DatasetError(f"{name} is {image_format}; use PNG, JPEG or WebP")
+        raise UploadRejected(f"{name} is {image_format}; use PNG, JPEG or WebP")
 
 
 class DatasetWriter:
@@ -88,18 +88,18 @@ class DatasetWriter:
             self.summary.images += 1
         elif extension in TEXT_EXTENSIONS:
             if len(data) > MAX_TEXT_BYTES:
-                raise DatasetError(f"{original_name} is larger than {MAX_TEXT_BYTES} bytes")
+                raise UploadRejected(f"{original_name} is larger than {MAX_TEXT_BYTES} bytes")
             self.summary.texts += 1
         else:
-            raise DatasetError(
+            raise UploadRejected(
                 f"{original_name}: only images ({', '.join(sorted(IMAGE_EXTENSIONS))}), captions "
                 f"({', '.join(sorted(TEXT_EXTENSIONS))}) and .zip archives of them can be uploaded"
             )
         self.summary.bytes += len(data)
         if self.summary.bytes > self.max_bytes:
-            raise DatasetTooLarge(f"the dataset is larger than {self.max_bytes} bytes")
+            raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes")
         if self.summary.images + self.summary.texts > MAX_FILES:
-            raise DatasetError(f"the dataset has more than {MAX_FILES} files")
+            raise UploadRejected(f"the dataset has more than {MAX_FILES} files")
         name = self._unique(name)
         self.storage.put_bytes(self.prefix + name, data, content_type_for(name))
 
@@ -114,21 +114,21 @@ class DatasetWriter:
         try:
             archive = zipfile.ZipFile(stream)
         except zipfile.BadZipFile as exc:
-            raise DatasetError(f"{filename} is not a valid zip archive") from exc
+            raise UploadRejected(f"{filename} is not a valid zip archive") from exc
         with archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
             if len(members) > MAX_FILES:
-                raise DatasetError(f"{filename} has more than {MAX_FILES} files")
+                raise UploadRejected(f"{filename} has more than {MAX_FILES} files")
             for info in members:
                 # Declared sizes can lie: read at most what is left of the budget, plus one byte.
                 budget = self.max_bytes - self.summary.bytes
                 if info.file_size > budget:
-                    raise DatasetTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
+                    raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
                 try:
                     with archive.open(info) as member:
                         data = member.read(budget + 1)
                 except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
-                    raise DatasetError(f"{filename}: cannot read {info.filename}") from exc
+                    raise UploadRejected(f"{filename}: cannot read {info.filename}") from exc
                 if len(data) > budget:
-                    raise DatasetTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
+                    raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
                 self.add(info.filename, data)

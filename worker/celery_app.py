@@ -7,7 +7,6 @@ marks the worker ready, ``worker_shutdown`` stops its threads.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis
@@ -17,10 +16,9 @@ from core.jobqueue import send_webhook_task
 from core.logs import bind, configure_logging
 from core.settings import Settings, get_settings
 from core.tasks import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
+from worker.jobs import execute_job
+from worker.jobs.webhook import attempt_delivery
 from worker.runtime import WorkerRuntime
-from worker.webhook_delivery import attempt_delivery
-
-log = logging.getLogger("fae.worker")
 
 app = make_celery(get_settings(), name="fae-worker")
 _settings: Settings | None = None
@@ -52,12 +50,12 @@ _STORE_OUTAGE = {
 
 @app.task(name=TASK_GENERATE, ignore_result=True, **_STORE_OUTAGE)
 def generate(job_id: str) -> None:
-    runtime().execute(job_id)
+    execute_job(job_id, runtime().job_context())
 
 
 @app.task(name=TASK_FINETUNE, ignore_result=True, **_STORE_OUTAGE)
 def finetune(job_id: str) -> None:
-    runtime().execute(job_id)
+    execute_job(job_id, runtime().job_context())
 
 
 @app.task(name=TASK_WEBHOOK, ignore_result=True, **_STORE_OUTAGE)

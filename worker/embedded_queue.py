@@ -1,6 +1,6 @@
 """Embedded mode's job queue: jobs run in the gateway's process through the same code as a Celery worker.
 
-One thread runs jobs through the same ``execute_job`` as the Celery task, one more delivers webhooks with the
+One thread runs jobs through the same ``execute_job`` as the Celery tasks, one more delivers webhooks with the
 same retry policy. The model loads in the background at ``start``, so the gateway answers at once and turns
 ready when the model is warm. Only the composition root (``fae/embedded.py``) builds one.
 """
@@ -21,9 +21,10 @@ from core.jobstore import JobStore
 from core.settings import Settings
 from core.storage import Storage
 from core.tasks import TASK_FOR_KIND
-from worker.engine import Engine
-from worker.execute import execute_job, make_worker_id
-from worker.webhook_delivery import attempt_delivery
+from worker.engine import Engine, load_and_warm
+from worker.jobs import execute_job
+from worker.jobs.common import JobContext, make_worker_id
+from worker.jobs.webhook import attempt_delivery
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,19 @@ class InProcessJobQueue(JobQueue):
     # --- the job thread -------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
         try:
-            self.engine = Engine.load_and_warm(self.settings)
+            self.engine = load_and_warm(self.settings.engine, self.settings.catalog)
         except Exception:
             log.exception("embedded worker could not load its model; jobs stay queued")
             return
         metrics.WORKER_READY.set(1)
-        worker_id = make_worker_id()
+        context = JobContext(
+            self.store,
+            self.storage,
+            self.engine,
+            self.settings,
+            worker_id=make_worker_id(),
+            on_terminal=self.notify_terminal,
+        )
         while not self._stopping.is_set():
             item = self._jobs.get()
             if item is None:
@@ -107,15 +115,7 @@ class InProcessJobQueue(JobQueue):
             with self._lock:
                 self._waiting[queue_name] -= 1
             try:
-                execute_job(
-                    job_id,
-                    self.store,
-                    self.storage,
-                    self.engine,
-                    self.settings,
-                    worker_id=worker_id,
-                    on_terminal=self.notify_terminal,
-                )
+                execute_job(job_id, context)
             except Exception:  # execute_job records failures on the job; this is a bug guard
                 log.exception("embedded job execution raised", extra={"job_id": job_id})
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from core import metrics
 
-log = logging.getLogger("fae.worker.http")
+log = logging.getLogger(__name__)
 
 # () -> (ready, details): details say what is missing while not ready.
 ReadinessCheck = Callable[[], tuple[bool, dict[str, object]]]

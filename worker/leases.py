@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from core import metrics
 from core.contract import Job, JobStatus
 from core.jobstore import InvalidTransition, JobStore
-from core.settings import Settings
+from core.lifecycle import dead_letter
+from core.settings import Settings, WorkerSettings
 
-log = logging.getLogger("fae.worker.leases")
+log = logging.getLogger(__name__)
 
 REAPER_LOCK_NAME = "reaper:lock"
 
@@ -29,9 +30,9 @@ REAPER_LOCK_NAME = "reaper:lock"
 class Heartbeat:
     """Renews a job's lease in a background thread; ``lost`` is set once the lease is someone else's."""
 
-    def __init__(self, store: JobStore, job_id: str, worker_id: str, settings: Settings) -> None:
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, settings: WorkerSettings) -> None:
         self._store, self._job_id, self._worker_id = store, job_id, worker_id
-        self._lease_s, self._interval_s = settings.worker.lease_s, settings.worker.heartbeat_s
+        self._lease_s, self._interval_s = settings.lease_s, settings.heartbeat_s
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fae-heartbeat-{job_id}", daemon=True)
@@ -69,7 +70,7 @@ class ReapReport:
 
 def reap_once(
     store: JobStore,
-    settings: Settings,
+    settings: WorkerSettings,
     requeue: Callable[[Job], None],
     on_terminal: Callable[[Job], None] | None = None,
     lock: RedisLock | None = None,
@@ -88,18 +89,9 @@ def reap_once(
             if job is None or job.status is not JobStatus.running:
                 continue
             deliveries = max(job.attempts, 1)
-            if deliveries >= settings.worker.max_deliveries:
-                reason = (
-                    f"the job's worker died {deliveries} times while running it (limit "
-                    f"{settings.worker.max_deliveries}); it was moved to the dead-letter list. Check the request, "
-                    "then replay it from the admin API"
-                )
-                store.dead_letter(job_id, reason)
-                metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="dead_lettered").inc()
-                metrics.JOBS_TOTAL.labels(kind=job.kind.value, status=JobStatus.failed.value).inc()
+            if deliveries >= settings.max_deliveries:  # each delivery died: no more
+                final = dead_letter(store, job, deliveries, settings.max_deliveries)
                 report.dead_lettered.append(job_id)
-                log.error("job dead-lettered", extra={"job_id": job_id, "tenant": job.tenant})
-                final = store.get(job_id)
                 if on_terminal is not None and final is not None and final.status.terminal:
                     on_terminal(final)
                 continue
@@ -147,24 +139,26 @@ class RedisLock:
 
 
 def reaper_lock(settings: Settings) -> RedisLock:
+    """The lock all reapers share; it expires after a lease, so a dead holder blocks nobody for long."""
     return RedisLock(
         settings.redis.url, f"{settings.redis.namespace}:{REAPER_LOCK_NAME}", ttl_s=settings.worker.lease_s
     )
 
 
 class Reaper:
-    """``reap_once`` every ``reaper_interval_s`` in a daemon thread (every worker runs one)."""
+    """``reap_once`` every ``reaper_interval_s`` in a daemon thread (every worker runs one); it closes
+    ``lock`` when stopped."""
 
     def __init__(
         self,
         store: JobStore,
-        settings: Settings,
+        settings: WorkerSettings,
+        lock: RedisLock,
         requeue: Callable[[Job], None],
         on_terminal: Callable[[Job], None] | None = None,
     ) -> None:
-        self._store, self._settings = store, settings
+        self._store, self._settings, self._lock = store, settings, lock
         self._requeue, self._on_terminal = requeue, on_terminal
-        self._lock = reaper_lock(settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -186,4 +180,4 @@ class Reaper:
                 reap_once(self._store, self._settings, self._requeue, self._on_terminal, self._lock)
             except Exception:
                 log.exception("reaper pass failed; trying again next interval")
-            self._stop.wait(max(self._settings.worker.reaper_interval_s - (time.monotonic() - started), 0.05))
+            self._stop.wait(max(self._settings.reaper_interval_s - (time.monotonic() - started), 0.05))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from core.settings import Settings
 from core.tasks import ALL_QUEUES
 
-log = logging.getLogger("fae.worker")
+log = logging.getLogger(__name__)
 
 
 def check_queues(queues: Sequence[str]) -> list[str]:
@@ -51,15 +51,15 @@ def run_worker(settings: Settings, queues: Sequence[str]) -> int:
 def run_reaper(settings: Settings, once: bool = False) -> int:
     """Run the lease reaper alone (every worker already runs one; this is for operators and cron)."""
     from core.jobqueue import CeleryJobQueue
-    from core.jobstore import RedisJobStore
+    from core.jobstore import make_job_store
     from worker.leases import Reaper, reap_once, reaper_lock
 
-    store = RedisJobStore(settings.redis.url, settings)
+    store = make_job_store(settings)
     sender = CeleryJobQueue(settings)
     try:
         if once:
             lock = reaper_lock(settings)
-            report = reap_once(store, settings, sender.enqueue, sender.notify_terminal, lock)
+            report = reap_once(store, settings.worker, sender.enqueue, sender.notify_terminal, lock)
             lock.close()
             log.info(
                 "reaper pass done",
@@ -70,7 +70,9 @@ def run_reaper(settings: Settings, once: bool = False) -> int:
                 },
             )
             return 0
-        Reaper(store, settings, sender.enqueue, sender.notify_terminal).run_forever()
+        Reaper(
+            store, settings.worker, reaper_lock(settings), sender.enqueue, sender.notify_terminal
+        ).run_forever()
         return 0
     finally:
         sender.stop()

@@ -11,21 +11,23 @@ import logging
 
 from core import metrics
 from core.jobqueue import CeleryJobQueue
-from core.jobstore import JobStore, RedisJobStore
+from core.jobstore import JobStore, make_job_store
 from core.settings import Settings
 from core.storage import Storage, make_storage
-from worker.engine import Engine
-from worker.execute import execute_job, make_worker_id
+from worker.engine import Engine, load_and_warm
 from worker.http import WorkerHTTPServer
-from worker.leases import Reaper
+from worker.jobs.common import JobContext, make_worker_id
+from worker.leases import Reaper, reaper_lock
 
-log = logging.getLogger("fae.worker")
+log = logging.getLogger(__name__)
 
 # Queues whose tasks need the model on this process's device.
 MODEL_QUEUES = frozenset({"generate", "finetune"})
 
 
 class WorkerRuntime:
+    """One worker process's parts, built by ``boot`` and stopped by ``shutdown``."""
+
     def __init__(self, settings: Settings, queues: list[str]) -> None:
         self.settings, self.queues = settings, list(queues)
         self.worker_id = make_worker_id()
@@ -34,6 +36,7 @@ class WorkerRuntime:
         self.sender: CeleryJobQueue | None = None
         self.engine: Engine | None = None
         self.reaper: Reaper | None = None
+        self.jobs: JobContext | None = None  # set when this process serves a model queue
         self.http: WorkerHTTPServer | None = None
         self.consuming = False
 
@@ -44,13 +47,25 @@ class WorkerRuntime:
             self.http = WorkerHTTPServer(
                 settings.gateway.host, settings.worker.http_port, self.readiness
             ).start()
-        self.store = RedisJobStore(settings.redis.url, settings)
+        self.store = make_job_store(settings)
         self.storage = make_storage(settings)
         self.sender = CeleryJobQueue(settings)
         if MODEL_QUEUES & set(self.queues):
-            self.engine = Engine.load_and_warm(settings)
+            self.engine = load_and_warm(settings.engine, settings.catalog)
+            self.jobs = JobContext(
+                self.store,
+                self.storage,
+                self.engine,
+                settings,
+                worker_id=self.worker_id,
+                on_terminal=self.sender.notify_terminal,
+            )
         self.reaper = Reaper(
-            self.store, settings, requeue=self.sender.enqueue, on_terminal=self.sender.notify_terminal
+            self.store,
+            settings.worker,
+            reaper_lock(settings),
+            requeue=self.sender.enqueue,
+            on_terminal=self.sender.notify_terminal,
         ).start()
         log.info("worker booted", extra={"worker_id": self.worker_id, "queues": self.queues})
 
@@ -67,18 +82,11 @@ class WorkerRuntime:
         }
         return all(checks.values()), {"checks": checks, "queues": self.queues}
 
-    def execute(self, job_id: str) -> None:
-        if self.store is None or self.storage is None or self.engine is None or self.sender is None:
+    def job_context(self) -> JobContext:
+        """What a job task runs with; only a process that consumes a model queue has one."""
+        if self.jobs is None:
             raise RuntimeError(f"this worker (queues {self.queues}) cannot run jobs: it has no model loaded")
-        execute_job(
-            job_id,
-            self.store,
-            self.storage,
-            self.engine,
-            self.settings,
-            worker_id=self.worker_id,
-            on_terminal=self.sender.notify_terminal,
-        )
+        return self.jobs
 
     def shutdown(self) -> None:
         self.consuming = False

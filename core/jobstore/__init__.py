@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from core.jobstore.base import (
+    AdapterRegistry,
     IdempotencyConflict,
     InflightLimitExceeded,
     InvalidTransition,
+    JobEventBus,
     JobEvents,
     JobNotFound,
+    JobRecords,
     JobStore,
     JobStoreError,
+    LeaseBook,
+    RateLimiter,
     body_hash,
 )
 from core.jobstore.memory_store import MemoryJobStore
@@ -17,14 +22,19 @@ from core.jobstore.redis_store import RedisJobStore
 from core.settings import Settings
 
 __all__ = [
+    "AdapterRegistry",
     "IdempotencyConflict",
     "InflightLimitExceeded",
     "InvalidTransition",
+    "JobEventBus",
     "JobEvents",
     "JobNotFound",
+    "JobRecords",
     "JobStore",
     "JobStoreError",
+    "LeaseBook",
     "MemoryJobStore",
+    "RateLimiter",
     "RedisJobStore",
     "body_hash",
     "make_job_store",
@@ -33,4 +43,4 @@ __all__ = [
 
 def make_job_store(settings: Settings) -> JobStore:
     """The production store (Redis); embedded mode builds a ``MemoryJobStore`` in its composition root."""
-    return RedisJobStore(settings.redis.url, settings)
+    return RedisJobStore(settings.redis, settings.limits)

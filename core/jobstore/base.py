@@ -1,22 +1,33 @@
-"""The job store's interface, its errors, and the state rules both backends share.
+"""The job store's roles, its errors, and the rules both backends share.
 
-A backend only decides *where* a job lives; what a transition does to a job (timestamps, attempts, the
-refusal to go backwards) is defined once here, on top of the contract's `can_transition`.
+The store is the composition of five roles (`JobRecords`, `LeaseBook`, `RateLimiter`, `AdapterRegistry`,
+`JobEventBus`); callers that need one role can be typed with it. A backend only decides *where* records
+live and how a change is made atomic: what a transition does to a job (timestamps, attempts, the refusal to
+go backwards), how a cancel request lands, and what dead-lettering does are defined once here, on top of
+the contract's `can_transition`.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
 import json
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from core.contract import Job, JobError, JobKind, JobStatus, Progress, can_transition
-from core.settings import Settings
+from core.contract import (
+    AdapterRecord,
+    DeadLetter,
+    Job,
+    JobError,
+    JobKind,
+    JobStatus,
+    Progress,
+    can_transition,
+)
 
 
 class JobStoreError(Exception):
@@ -115,10 +126,6 @@ def apply_progress(job: Job, step: int, total: int, eta_s: float | None, loss: f
     return job.model_copy(update={"progress": Progress(step=step, total=total, eta_s=eta_s, loss=loss)})
 
 
-def dead_letter_failure(reason: str) -> dict[str, Any]:
-    return {"error": JobError(reason="dead_lettered", message=reason)}
-
-
 def gcra(tat: float | None, now: float, limit_per_minute: int) -> tuple[float | None, float]:
     """Generic cell rate algorithm: (retry_after or None, new theoretical arrival time).
 
@@ -138,16 +145,25 @@ def list_score(created_ms: int, seq: int) -> int:
     return created_ms * 1000 + seq % 1000
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def parse_cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
     if not cursor.isdigit() or len(cursor) > 20:
         raise ValueError("invalid cursor")
     return int(cursor)
+
+
+def request_cancel_flag(job: Job) -> Job:
+    """The job with its cancel request recorded (a job that finished meanwhile stays as it is)."""
+    return job if job.status.terminal else job.model_copy(update={"cancel_requested": True})
+
+
+def sort_adapters(records: Iterable[AdapterRecord]) -> list[AdapterRecord]:
+    return sorted(records, key=lambda r: (r.created_at.timestamp(), r.id))
+
+
+def sort_dead_letters(records: Iterable[DeadLetter]) -> list[DeadLetter]:
+    return sorted(records, key=lambda r: (r.at.timestamp(), r.job_id))
 
 
 class JobEvents(abc.ABC):
@@ -164,13 +180,12 @@ class JobEvents(abc.ABC):
         """True when the job changed (re-read it), False after `timeout_s` without a change."""
 
 
-class JobStore(abc.ABC):
-    """Jobs, their states and everything keyed by them. Methods are synchronous (the gateway wraps them)."""
+class JobRecords(abc.ABC):
+    """Jobs, their states, the per-tenant index, the queue index and cancel flags.
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    A backend supplies storage and atomicity (`_mutate`, `_set_cancel_flag`); how a job changes is decided
+    here. Methods are synchronous (the gateway runs them in its thread pool)."""
 
-    # --- jobs ---------------------------------------------------------------------------------------
     @abc.abstractmethod
     def create(
         self,
@@ -203,24 +218,47 @@ class JobStore(abc.ABC):
         """Newest first; the second value is the cursor of the next page (None on the last page)."""
 
     @abc.abstractmethod
-    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job: ...
+    def inflight_count(self, tenant: str) -> int: ...
 
     @abc.abstractmethod
-    def update(self, job_id: str, **fields: Any) -> Job: ...
+    def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
+        """Replace the job with `change(job)` atomically and publish the change; a status change also
+        updates the queue index, voids a lease that no longer applies and clears a finished job's cancel
+        flag. JobNotFound when the job does not exist."""
 
     @abc.abstractmethod
+    def _set_cancel_flag(self, job_id: str) -> None:
+        """Record the cancel request the worker polls (`cancel_requested`)."""
+
+    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_transition(job, new_status, fields))
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        return self._mutate(job_id, lambda job: apply_update(job, fields))
+
     def set_progress(
         self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
-    ) -> Job: ...
+    ) -> Job:
+        return self._mutate(job_id, lambda job: apply_progress(job, step, total, eta_s, loss))
 
-    @abc.abstractmethod
     def request_cancel(self, job_id: str) -> Job:
         """Queued: canceled at once. Running: a flag the worker reads between steps. Terminal: unchanged."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status.terminal:
+            return job
+        if job.status is JobStatus.queued:
+            try:
+                return self.transition(job_id, JobStatus.canceled)
+            except InvalidTransition:  # a worker took it meanwhile: cancel it as a running job
+                pass
+        self._set_cancel_flag(job_id)
+        return self._mutate(job_id, request_cancel_flag)
 
     @abc.abstractmethod
     def cancel_requested(self, job_id: str) -> bool: ...
 
-    # --- queue bookkeeping --------------------------------------------------------------------------
     @abc.abstractmethod
     def mark_enqueued(self, job: Job) -> None: ...
 
@@ -234,7 +272,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def queue_depth(self, kind: JobKind | str) -> int: ...
 
-    # --- leases, deliveries, dead letters -----------------------------------------------------------
+
+class LeaseBook(abc.ABC):
+    """Which worker holds a running job, how often a job was delivered, and the dead-letter list."""
+
     @abc.abstractmethod
     def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool: ...
 
@@ -253,29 +294,80 @@ class JobStore(abc.ABC):
     def record_delivery(self, job_id: str) -> int: ...
 
     @abc.abstractmethod
-    def dead_letter(self, job_id: str, reason: str) -> None:
-        """Park a job that keeps killing its worker; an unfinished job also becomes failed."""
+    def deliveries(self, job_id: str) -> int:
+        """How many times the job was delivered to a worker (0 if never, or forgotten)."""
 
     @abc.abstractmethod
-    def list_dead_letters(self) -> list[dict[str, Any]]: ...
+    def add_dead_letter(self, record: DeadLetter) -> None:
+        """Put `record` on the dead-letter list (replacing an earlier one of the same job)."""
 
     @abc.abstractmethod
-    def remove_dead_letter(self, job_id: str) -> bool: ...
+    def list_dead_letters(self) -> list[DeadLetter]:
+        """Oldest first."""
 
-    # --- admission ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def inflight_count(self, tenant: str) -> int: ...
+    def count_dead_letters(self) -> int: ...
 
+    @abc.abstractmethod
+    def remove_dead_letter(self, job_id: str) -> bool:
+        """Drop the job's dead letter and its delivery count; False if it had none."""
+
+
+class RateLimiter(abc.ABC):
     @abc.abstractmethod
     def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
         """None: allowed (and counted). Otherwise seconds until the next request would be allowed."""
 
-    # --- events -------------------------------------------------------------------------------------
+
+class AdapterRegistry(abc.ABC):
+    """The fine-tuned adapters of each tenant (their weights live in storage under `record.key`)."""
+
+    @abc.abstractmethod
+    def put_adapter(self, record: AdapterRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_adapter(self, tenant: str, adapter_id: str) -> AdapterRecord | None: ...
+
+    @abc.abstractmethod
+    def list_adapters(self, tenant: str) -> list[AdapterRecord]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    def delete_adapter(self, tenant: str, adapter_id: str) -> bool: ...
+
+
+class JobEventBus(abc.ABC):
+    """Change notifications of single jobs (event streams and `Prefer: wait` follow them)."""
+
     @abc.abstractmethod
     def publish_event(self, job: Job) -> None: ...
 
     @abc.abstractmethod
     def subscribe(self, job_id: str) -> JobEvents: ...
+
+
+class JobStore(JobRecords, LeaseBook, RateLimiter, AdapterRegistry, JobEventBus):
+    """All roles over one backend, plus the rules that need more than one of them."""
+
+    def dead_letter(self, job_id: str, reason: str) -> None:
+        """Park a job that keeps killing its worker; an unfinished job also becomes failed."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        self.add_dead_letter(
+            DeadLetter(
+                job_id=job_id,
+                tenant=job.tenant,
+                kind=job.kind,
+                reason=reason,
+                deliveries=self.deliveries(job_id),
+                at=utcnow(),
+            )
+        )
+        if not job.status.terminal:
+            with contextlib.suppress(InvalidTransition):  # finished meanwhile
+                error = JobError(reason="dead_lettered", message=reason)
+                self.transition(job_id, JobStatus.failed, error=error)
 
     async def wait_terminal(self, job_id: str, timeout_s: float) -> Job | None:
         """The job once terminal, or as it stands after `timeout_s`; None if it does not exist."""
@@ -289,34 +381,8 @@ class JobStore(abc.ABC):
                     return job
                 await events.wait(remaining)
 
-    # --- adapters -----------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def put_adapter(self, record: dict[str, Any]) -> None:
-        """`record` needs `id` and `tenant`; other keys (model, name, created_at, key...) are kept as is."""
-
-    @abc.abstractmethod
-    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None: ...
-
-    @abc.abstractmethod
-    def list_adapters(self, tenant: str) -> list[dict[str, Any]]: ...
-
-    @abc.abstractmethod
-    def delete_adapter(self, tenant: str, adapter_id: str) -> bool: ...
-
-    # --- health -------------------------------------------------------------------------------------
     @abc.abstractmethod
     def ping(self) -> bool: ...
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections (optional)."""
-
-
-def check_adapter_record(record: dict[str, Any]) -> tuple[str, str]:
-    tenant, adapter_id = record.get("tenant"), record.get("id")
-    if not isinstance(tenant, str) or not isinstance(adapter_id, str) or not tenant or not adapter_id:
-        raise ValueError("an adapter record needs string `tenant` and `id`")
-    return tenant, adapter_id
-
-
-def sort_adapters(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(records, key=lambda r: (str(r.get("created_at", "")), r["id"]))

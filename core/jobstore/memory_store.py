@@ -1,4 +1,8 @@
-"""The job store in process memory (embedded mode): the Redis store's semantics, one lock, no persistence."""
+"""The job store in process memory (embedded mode): the Redis store's semantics, one lock, no persistence.
+
+`_MemoryState` holds every table behind one re-entrant lock; each role class works on its own tables of it,
+and `MemoryJobStore` composes them.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,35 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from core import metrics
-from core.contract import Job, JobKind, JobStatus
+from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
 from core.jobstore.base import (
+    AdapterRegistry,
     IdempotencyConflict,
     InflightLimitExceeded,
-    InvalidTransition,
+    JobEventBus,
     JobEvents,
     JobNotFound,
+    JobRecords,
     JobStore,
-    apply_progress,
-    apply_transition,
-    apply_update,
-    check_adapter_record,
-    dead_letter_failure,
+    LeaseBook,
+    RateLimiter,
     gcra,
     key_digest,
     kind_value,
     list_score,
     parse_cursor,
     sort_adapters,
-    utcnow,
+    sort_dead_letters,
 )
-from core.settings import Settings
+from core.settings import LimitsSettings
 
 
-class MemoryJobStore(JobStore):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+class _MemoryState:
+    """The tables of one memory store (lifetimes from `limits`), shared by its role classes."""
+
+    def __init__(self, limits: LimitsSettings) -> None:
+        self.limits = limits
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._expires: dict[str, float] = {}  # job id -> monotonic deadline (job_ttl_s)
@@ -46,9 +49,9 @@ class MemoryJobStore(JobStore):
         self._cancel: set[str] = set()
         self._leases: dict[str, tuple[str, float]] = {}  # job id -> (worker, monotonic expiry)
         self._deliveries: dict[str, int] = {}
-        self._dead: dict[str, dict[str, Any]] = {}
+        self._dead: dict[str, DeadLetter] = {}
         self._rate_tat: dict[str, float] = {}
-        self._adapters: dict[str, dict[str, dict[str, Any]]] = {}
+        self._adapters: dict[str, dict[str, AdapterRecord]] = {}
         self._subscribers: dict[str, set[_MemoryJobEvents]] = {}
         self._seq = 0
 
@@ -64,7 +67,14 @@ class MemoryJobStore(JobStore):
             return None
         return job
 
-    # --- jobs ---------------------------------------------------------------------------------------
+    def _notify(self, job_id: str) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers.get(job_id, ()))
+        for subscriber in subscribers:
+            subscriber.notify()
+
+
+class MemoryJobRecords(_MemoryState, JobRecords):
     def create(
         self,
         job: Job,
@@ -80,10 +90,10 @@ class MemoryJobStore(JobStore):
             if max_inflight is not None and self.inflight_count(job.tenant) >= max_inflight:
                 raise InflightLimitExceeded(job.tenant, max_inflight)
             self._jobs[job.id] = job
-            self._expires[job.id] = time.monotonic() + self.settings.limits.job_ttl_s
+            self._expires[job.id] = time.monotonic() + self.limits.job_ttl_s
             self._scores[job.id] = list_score(int(job.created_at.timestamp() * 1000), self._next_seq())
             if idempotency_key:
-                deadline = time.monotonic() + self.settings.limits.idempotency_ttl_s
+                deadline = time.monotonic() + self.limits.idempotency_ttl_s
                 self._idempotency[(job.tenant, key_digest(idempotency_key))] = (job.id, body_hash, deadline)
             return job, True
 
@@ -122,6 +132,16 @@ class MemoryJobStore(JobStore):
         next_cursor = str(page[-1][0]) if len(candidates) > limit else None
         return [job for _, job in page], next_cursor
 
+    def inflight_count(self, tenant: str) -> int:
+        with self._lock:
+            return sum(
+                1
+                for job_id in list(self._jobs)
+                if (job := self._live(job_id)) is not None
+                and job.tenant == tenant
+                and not job.status.terminal
+            )
+
     def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
         with self._lock:
             old = self._live(job_id)
@@ -129,7 +149,7 @@ class MemoryJobStore(JobStore):
                 raise JobNotFound(job_id)
             new = change(old)
             self._jobs[job_id] = new
-            self._expires[job_id] = time.monotonic() + self.settings.limits.job_ttl_s
+            self._expires[job_id] = time.monotonic() + self.limits.job_ttl_s
             if new.status is not old.status:
                 queue = self._queued.setdefault(new.kind.value, {})
                 if new.status is JobStatus.queued:
@@ -140,37 +160,17 @@ class MemoryJobStore(JobStore):
                     self._leases.pop(job_id, None)
                 if new.status.terminal:
                     self._cancel.discard(job_id)
-        self.publish_event(new)
+        self._notify(job_id)
         return new
 
-    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job:
-        return self._mutate(job_id, lambda job: apply_transition(job, new_status, fields))
-
-    def update(self, job_id: str, **fields: Any) -> Job:
-        return self._mutate(job_id, lambda job: apply_update(job, fields))
-
-    def set_progress(
-        self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
-    ) -> Job:
-        return self._mutate(job_id, lambda job: apply_progress(job, step, total, eta_s, loss))
-
-    def request_cancel(self, job_id: str) -> Job:
+    def _set_cancel_flag(self, job_id: str) -> None:
         with self._lock:
-            job = self._live(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
-            if job.status is JobStatus.queued:
-                return self.transition(job_id, JobStatus.canceled)
-            if job.status.terminal:
-                return job
             self._cancel.add(job_id)
-            return self._mutate(job_id, lambda current: current.model_copy(update={"cancel_requested": True}))
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._lock:
             return job_id in self._cancel
 
-    # --- queue bookkeeping --------------------------------------------------------------------------
     def mark_enqueued(self, job: Job) -> None:
         with self._lock:
             self._queued.setdefault(job.kind.value, {}).setdefault(job.id, self._next_seq())
@@ -194,7 +194,8 @@ class MemoryJobStore(JobStore):
         with self._lock:
             return len(self._queued.get(kind_value(kind), {}))
 
-    # --- leases, deliveries, dead letters -----------------------------------------------------------
+
+class MemoryLeaseBook(_MemoryState, LeaseBook):
     def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
         with self._lock:
             held = self._leases.get(job_id)
@@ -238,60 +239,57 @@ class MemoryJobStore(JobStore):
             self._deliveries[job_id] = self._deliveries.get(job_id, 0) + 1
             return self._deliveries[job_id]
 
-    def dead_letter(self, job_id: str, reason: str) -> None:
+    def deliveries(self, job_id: str) -> int:
         with self._lock:
-            job = self._live(job_id)
-            if job is None:
-                raise JobNotFound(job_id)
-            self._dead[job_id] = {
-                "job_id": job_id,
-                "tenant": job.tenant,
-                "kind": job.kind.value,
-                "reason": reason,
-                "deliveries": self._deliveries.get(job_id, 0),
-                "at": utcnow().isoformat(),
-            }
-            if not job.status.terminal:
-                with contextlib.suppress(InvalidTransition):
-                    self.transition(job_id, JobStatus.failed, **dead_letter_failure(reason))
-            metrics.DEAD_LETTERS.set(len(self._dead))
+            return self._deliveries.get(job_id, 0)
 
-    def list_dead_letters(self) -> list[dict[str, Any]]:
+    def add_dead_letter(self, record: DeadLetter) -> None:
         with self._lock:
-            records = [dict(record) for record in self._dead.values()]
-        metrics.DEAD_LETTERS.set(len(records))
-        return sorted(records, key=lambda r: (r["at"], r["job_id"]))
+            self._dead[record.job_id] = record
+
+    def list_dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            return sort_dead_letters(self._dead.values())
+
+    def count_dead_letters(self) -> int:
+        with self._lock:
+            return len(self._dead)
 
     def remove_dead_letter(self, job_id: str) -> bool:
         with self._lock:
-            removed = self._dead.pop(job_id, None) is not None
             self._deliveries.pop(job_id, None)
-            metrics.DEAD_LETTERS.set(len(self._dead))
-            return removed
+            return self._dead.pop(job_id, None) is not None
 
-    # --- admission ----------------------------------------------------------------------------------
-    def inflight_count(self, tenant: str) -> int:
-        with self._lock:
-            return sum(
-                1
-                for job_id in list(self._jobs)
-                if (job := self._live(job_id)) is not None
-                and job.tenant == tenant
-                and not job.status.terminal
-            )
 
+class MemoryRateLimiter(_MemoryState, RateLimiter):
     def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
         with self._lock:
             retry_after, tat = gcra(self._rate_tat.get(tenant), time.monotonic(), limit_per_minute)
             self._rate_tat[tenant] = tat
             return retry_after
 
-    # --- events -------------------------------------------------------------------------------------
-    def publish_event(self, job: Job) -> None:
+
+class MemoryAdapterRegistry(_MemoryState, AdapterRegistry):
+    def put_adapter(self, record: AdapterRecord) -> None:
         with self._lock:
-            subscribers = list(self._subscribers.get(job.id, ()))
-        for subscriber in subscribers:
-            subscriber.notify()
+            self._adapters.setdefault(record.tenant, {})[record.id] = record
+
+    def get_adapter(self, tenant: str, adapter_id: str) -> AdapterRecord | None:
+        with self._lock:
+            return self._adapters.get(tenant, {}).get(adapter_id)
+
+    def list_adapters(self, tenant: str) -> list[AdapterRecord]:
+        with self._lock:
+            return sort_adapters(self._adapters.get(tenant, {}).values())
+
+    def delete_adapter(self, tenant: str, adapter_id: str) -> bool:
+        with self._lock:
+            return self._adapters.get(tenant, {}).pop(adapter_id, None) is not None
+
+
+class MemoryJobEventBus(_MemoryState, JobEventBus):
+    def publish_event(self, job: Job) -> None:
+        self._notify(job.id)
 
     def subscribe(self, job_id: str) -> JobEvents:
         return _MemoryJobEvents(self, job_id)
@@ -306,25 +304,10 @@ class MemoryJobStore(JobStore):
                 if not subscribers:
                     del self._subscribers[job_id]
 
-    # --- adapters -----------------------------------------------------------------------------------
-    def put_adapter(self, record: dict[str, Any]) -> None:
-        tenant, adapter_id = check_adapter_record(record)
-        with self._lock:
-            self._adapters.setdefault(tenant, {})[adapter_id] = dict(record)
 
-    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            record = self._adapters.get(tenant, {}).get(adapter_id)
-            return dict(record) if record is not None else None
-
-    def list_adapters(self, tenant: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return sort_adapters(dict(r) for r in self._adapters.get(tenant, {}).values())
-
-    def delete_adapter(self, tenant: str, adapter_id: str) -> bool:
-        with self._lock:
-            return self._adapters.get(tenant, {}).pop(adapter_id, None) is not None
-
+class MemoryJobStore(
+    MemoryJobRecords, MemoryLeaseBook, MemoryRateLimiter, MemoryAdapterRegistry, MemoryJobEventBus, JobStore
+):
     def ping(self) -> bool:
         return True
 
@@ -332,7 +315,7 @@ class MemoryJobStore(JobStore):
 class _MemoryJobEvents(JobEvents):
     """Publishers run on any thread; the waiter is a coroutine, woken through its loop."""
 
-    def __init__(self, store: MemoryJobStore, job_id: str) -> None:
+    def __init__(self, store: MemoryJobEventBus, job_id: str) -> None:
         self._store, self._job_id = store, job_id
         self._lock = threading.Lock()
         self._pending = False

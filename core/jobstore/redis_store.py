@@ -3,54 +3,55 @@
 Keys (all under `settings.redis.namespace`): `job:<id>` (JSON, expires after job_ttl_s),
 `idem:<tenant>:<digest>`, `inflight:<tenant>` (set), `tjobs:<tenant>:<all|kind>` (sorted by creation),
 `queue:<kind>` (sorted by enqueue order), `cancel:<id>`, `leases` (sorted by expiry, ms) + `lease_owner`
-(hash), `deliveries:<id>`, `dead` (hash), `rate:<tenant>`, `adapters:<tenant>` (hash), and the pub/sub
-channel `events:<id>`. Times for leases and rates
-come from the Redis server's clock, so gateways and workers on different hosts agree.
+(hash), `deliveries:<id>`, `dead` (hash of `DeadLetter` JSON), `rate:<tenant>`, `adapters:<tenant>` (hash of
+`AdapterRecord` JSON), and the pub/sub channel `events:<id>`. Times for leases and rates come from the Redis
+server's clock, so gateways and workers on different hosts agree.
+
+`_RedisBackend` holds the connection and the key layout; each role class works on its own keys, and
+`RedisJobStore` composes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
-from core import metrics
-from core.contract import Job, JobKind, JobStatus
+from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
 from core.jobstore.base import (
+    AdapterRegistry,
     IdempotencyConflict,
     InflightLimitExceeded,
-    InvalidTransition,
+    JobEventBus,
     JobEvents,
     JobNotFound,
+    JobRecords,
     JobStore,
-    apply_progress,
-    apply_transition,
-    apply_update,
-    check_adapter_record,
-    dead_letter_failure,
+    LeaseBook,
+    RateLimiter,
     key_digest,
     kind_value,
     list_score,
     parse_cursor,
     sort_adapters,
-    utcnow,
+    sort_dead_letters,
 )
 from core.jobstore.redis_scripts import ACQUIRE_LEASE, CHECK_RATE, RELEASE_LEASE, RENEW_LEASE
-from core.settings import Settings
+from core.settings import LimitsSettings, RedisSettings
 
 
-class RedisJobStore(JobStore):
-    def __init__(self, redis_url: str, settings: Settings) -> None:
-        super().__init__(settings)
-        self.redis_url = redis_url
-        self._ns = settings.redis.namespace
+class _RedisBackend:
+    """One Redis connection, the namespace's key layout and record lifetimes (`limits`)."""
+
+    def __init__(self, redis_settings: RedisSettings, limits: LimitsSettings) -> None:
+        self.redis_settings, self.limits = redis_settings, limits
+        self._ns = redis_settings.namespace
         self._redis = redis.Redis.from_url(
-            redis_url,
+            redis_settings.url,
             decode_responses=True,
             socket_timeout=10,
             socket_connect_timeout=5,
@@ -67,7 +68,15 @@ class RedisJobStore(JobStore):
     def _job_key(self, job_id: str) -> str:
         return self._k("job", job_id)
 
-    # --- jobs ---------------------------------------------------------------------------------------
+    def _load(self, job_id: str) -> Job | None:
+        raw = self._redis.get(self._job_key(job_id))
+        return Job.model_validate_json(raw) if raw is not None else None
+
+    def _lease_keys(self) -> list[str]:
+        return [self._k("leases"), self._k("lease_owner")]
+
+
+class RedisJobRecords(_RedisBackend, JobRecords):
     def create(
         self,
         job: Job,
@@ -78,7 +87,7 @@ class RedisJobStore(JobStore):
         seq = int(self._redis.incr(self._k("seq")))
         created_ms = int(job.created_at.timestamp() * 1000)
         score = list_score(created_ms, seq)
-        ttl_s = self.settings.limits.job_ttl_s
+        ttl_s = self.limits.job_ttl_s
         inflight_key = self._k("inflight", job.tenant)
         idem_key = self._k("idem", job.tenant, key_digest(idempotency_key)) if idempotency_key else None
         watches = [inflight_key] + ([idem_key] if idem_key else [])
@@ -101,7 +110,7 @@ class RedisJobStore(JobStore):
                 pipe.zremrangebyscore(index_key, "-inf", list_score(created_ms - ttl_s * 1000, 0))
             if idem_key:
                 record = json.dumps({"job_id": job.id, "body_hash": body_hash})
-                pipe.set(idem_key, record, ex=self.settings.limits.idempotency_ttl_s)
+                pipe.set(idem_key, record, ex=self.limits.idempotency_ttl_s)
             return job, True
 
         return self._redis.transaction(txn, *watches, value_from_callable=True)
@@ -124,8 +133,7 @@ class RedisJobStore(JobStore):
         )
 
     def get(self, job_id: str) -> Job | None:
-        raw = self._redis.get(self._job_key(job_id))
-        return Job.model_validate_json(raw) if raw is not None else None
+        return self._load(job_id)
 
     def list_for_tenant(
         self, tenant: str, kind: JobKind | str | None = None, limit: int = 20, cursor: str | None = None
@@ -157,7 +165,20 @@ class RedisJobStore(JobStore):
         next_cursor = str(page[-1][1]) if len(found) > limit else None
         return [job for job, _ in page], next_cursor
 
-    def _mutate(self, job_id: str, change: Callable[[Job], Job], side_effects: bool = True) -> Job:
+    def inflight_count(self, tenant: str) -> int:
+        key = self._k("inflight", tenant)
+        members = list(self._redis.smembers(key))
+        if not members:
+            return 0
+        pipe = self._redis.pipeline()
+        for job_id in members:
+            pipe.exists(self._job_key(job_id))
+        gone = [job_id for job_id, alive in zip(members, pipe.execute(), strict=True) if not alive]
+        if gone:  # jobs that expired without finishing must not block the tenant forever
+            self._redis.srem(key, *gone)
+        return len(members) - len(gone)
+
+    def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
         key = self._job_key(job_id)
 
         def txn(pipe: redis.client.Pipeline) -> Job:
@@ -167,8 +188,8 @@ class RedisJobStore(JobStore):
             old = Job.model_validate_json(raw)
             new = change(old)
             pipe.multi()
-            pipe.set(key, new.model_dump_json(), ex=self.settings.limits.job_ttl_s)
-            if side_effects and new.status is not old.status:
+            pipe.set(key, new.model_dump_json(), ex=self.limits.job_ttl_s)
+            if new.status is not old.status:
                 self._status_side_effects(pipe, new)
             pipe.publish(self._k("events", job_id), new.status.value)
             return new
@@ -188,39 +209,12 @@ class RedisJobStore(JobStore):
             pipe.srem(self._k("inflight", job.tenant), job.id)
             pipe.delete(self._k("cancel", job.id))
 
-    def transition(self, job_id: str, new_status: JobStatus, **fields: Any) -> Job:
-        return self._mutate(job_id, lambda job: apply_transition(job, new_status, fields))
-
-    def update(self, job_id: str, **fields: Any) -> Job:
-        return self._mutate(job_id, lambda job: apply_update(job, fields))
-
-    def set_progress(
-        self, job_id: str, step: int, total: int, eta_s: float | None = None, loss: float | None = None
-    ) -> Job:
-        return self._mutate(job_id, lambda job: apply_progress(job, step, total, eta_s, loss))
-
-    def request_cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        if job.status is JobStatus.queued:
-            try:
-                return self.transition(job_id, JobStatus.canceled)
-            except InvalidTransition:  # a worker took it meanwhile: cancel it as a running job
-                pass
-        self._redis.set(self._k("cancel", job_id), "1", ex=self.settings.limits.job_ttl_s)
-
-        def flag(current: Job) -> Job:
-            if current.status.terminal:
-                return current
-            return current.model_copy(update={"cancel_requested": True})
-
-        return self._mutate(job_id, flag)
+    def _set_cancel_flag(self, job_id: str) -> None:
+        self._redis.set(self._k("cancel", job_id), "1", ex=self.limits.job_ttl_s)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self._redis.exists(self._k("cancel", job_id)))
 
-    # --- queue bookkeeping --------------------------------------------------------------------------
     def mark_enqueued(self, job: Job) -> None:
         seq = int(self._redis.incr(self._k("seq")))
         self._redis.zadd(self._k("queue", job.kind.value), {job.id: seq}, nx=True)
@@ -238,10 +232,8 @@ class RedisJobStore(JobStore):
     def queue_depth(self, kind: JobKind | str) -> int:
         return int(self._redis.zcard(self._k("queue", kind_value(kind))))
 
-    # --- leases, deliveries, dead letters -----------------------------------------------------------
-    def _lease_keys(self) -> list[str]:
-        return [self._k("leases"), self._k("lease_owner")]
 
+class RedisLeaseBook(_RedisBackend, LeaseBook):
     def acquire_lease(self, job_id: str, worker_id: str, lease_s: float) -> bool:
         return bool(self._acquire(keys=self._lease_keys(), args=[job_id, worker_id, int(lease_s * 1000)]))
 
@@ -257,7 +249,7 @@ class RedisJobStore(JobStore):
         candidates = self._redis.zrangebyscore(self._k("leases"), "-inf", now)
         expired = []
         for job_id in candidates:
-            job = self.get(job_id)
+            job = self._load(job_id)
             if job is not None and job.status is JobStatus.running:
                 expired.append(job_id)
             else:  # a lease left behind by a job that is no longer running
@@ -269,79 +261,63 @@ class RedisJobStore(JobStore):
         key = self._k("deliveries", job_id)
         pipe = self._redis.pipeline()
         pipe.incr(key)
-        pipe.expire(key, self.settings.limits.job_ttl_s)
+        pipe.expire(key, self.limits.job_ttl_s)
         return int(pipe.execute()[0])
 
-    def dead_letter(self, job_id: str, reason: str) -> None:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        deliveries = self._redis.get(self._k("deliveries", job_id))
-        record = {
-            "job_id": job_id,
-            "tenant": job.tenant,
-            "kind": job.kind.value,
-            "reason": reason,
-            "deliveries": int(deliveries or 0),
-            "at": utcnow().isoformat(),
-        }
-        self._redis.hset(self._k("dead"), job_id, json.dumps(record))
-        if not job.status.terminal:
-            with contextlib.suppress(InvalidTransition):  # finished meanwhile
-                self.transition(job_id, JobStatus.failed, **dead_letter_failure(reason))
-        metrics.DEAD_LETTERS.set(self._redis.hlen(self._k("dead")))
+    def deliveries(self, job_id: str) -> int:
+        return int(self._redis.get(self._k("deliveries", job_id)) or 0)
 
-    def list_dead_letters(self) -> list[dict[str, Any]]:
-        records = [json.loads(raw) for raw in self._redis.hvals(self._k("dead"))]
-        metrics.DEAD_LETTERS.set(len(records))
-        return sorted(records, key=lambda r: (r["at"], r["job_id"]))
+    def add_dead_letter(self, record: DeadLetter) -> None:
+        self._redis.hset(self._k("dead"), record.job_id, record.model_dump_json())
+
+    def list_dead_letters(self) -> list[DeadLetter]:
+        return sort_dead_letters(
+            DeadLetter.model_validate_json(raw) for raw in self._redis.hvals(self._k("dead"))
+        )
+
+    def count_dead_letters(self) -> int:
+        return int(self._redis.hlen(self._k("dead")))
 
     def remove_dead_letter(self, job_id: str) -> bool:
         removed = bool(self._redis.hdel(self._k("dead"), job_id))
         self._redis.delete(self._k("deliveries", job_id))
-        metrics.DEAD_LETTERS.set(self._redis.hlen(self._k("dead")))
         return removed
 
-    # --- admission ----------------------------------------------------------------------------------
-    def inflight_count(self, tenant: str) -> int:
-        key = self._k("inflight", tenant)
-        members = list(self._redis.smembers(key))
-        if not members:
-            return 0
-        pipe = self._redis.pipeline()
-        for job_id in members:
-            pipe.exists(self._job_key(job_id))
-        gone = [job_id for job_id, alive in zip(members, pipe.execute(), strict=True) if not alive]
-        if gone:  # jobs that expired without finishing must not block the tenant forever
-            self._redis.srem(key, *gone)
-        return len(members) - len(gone)
 
+class RedisRateLimiter(_RedisBackend, RateLimiter):
     def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
         retry_after = self._rate(keys=[self._k("rate", tenant)], args=[limit_per_minute])
         return float(retry_after) if retry_after is not None else None
 
-    # --- events -------------------------------------------------------------------------------------
-    def publish_event(self, job: Job) -> None:
-        self._redis.publish(self._k("events", job.id), job.status.value)
 
-    def subscribe(self, job_id: str) -> JobEvents:
-        return _RedisJobEvents(self.redis_url, self._k("events", job_id))
+class RedisAdapterRegistry(_RedisBackend, AdapterRegistry):
+    def put_adapter(self, record: AdapterRecord) -> None:
+        self._redis.hset(self._k("adapters", record.tenant), record.id, record.model_dump_json())
 
-    # --- adapters -----------------------------------------------------------------------------------
-    def put_adapter(self, record: dict[str, Any]) -> None:
-        tenant, adapter_id = check_adapter_record(record)
-        self._redis.hset(self._k("adapters", tenant), adapter_id, json.dumps(record, default=str))
-
-    def get_adapter(self, tenant: str, adapter_id: str) -> dict[str, Any] | None:
+    def get_adapter(self, tenant: str, adapter_id: str) -> AdapterRecord | None:
         raw = self._redis.hget(self._k("adapters", tenant), adapter_id)
-        return json.loads(raw) if raw is not None else None
+        return AdapterRecord.model_validate_json(raw) if raw is not None else None
 
-    def list_adapters(self, tenant: str) -> list[dict[str, Any]]:
-        return sort_adapters(json.loads(raw) for raw in self._redis.hvals(self._k("adapters", tenant)))
+    def list_adapters(self, tenant: str) -> list[AdapterRecord]:
+        return sort_adapters(
+            AdapterRecord.model_validate_json(raw) for raw in self._redis.hvals(self._k("adapters", tenant))
+        )
 
     def delete_adapter(self, tenant: str, adapter_id: str) -> bool:
         return bool(self._redis.hdel(self._k("adapters", tenant), adapter_id))
 
+
+class RedisJobEventBus(_RedisBackend, JobEventBus):
+    def publish_event(self, job: Job) -> None:
+        self._redis.publish(self._k("events", job.id), job.status.value)
+
+    def subscribe(self, job_id: str) -> JobEvents:
+        return _RedisJobEvents(self.redis_settings.url, self._k("events", job_id))
+
+
+class RedisJobStore(
+    RedisJobRecords, RedisLeaseBook, RedisRateLimiter, RedisAdapterRegistry, RedisJobEventBus, JobStore
+):
     def ping(self) -> bool:
         try:
             return bool(self._redis.ping())
@@ -359,7 +335,7 @@ class RedisJobStore(JobStore):
         return deleted
 
 
-def _batched(items: Any, size: int) -> Any:
+def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for item in items:
         batch.append(item)

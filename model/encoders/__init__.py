@@ -1,6 +1,5 @@
 """Frozen representation encoders: images in [0, 1] -> patch tokens B×N×D."""
 
-from model.encoders.base import RepresentationEncoder, validate_images
 from model.encoders.efficientnet import EFFICIENTNET_LITE0_TAPS, EfficientNetLite0Encoder
 from model.encoders.factory import (
     REPRESENTATION_ENCODER_KINDS,
@@ -8,6 +7,7 @@ from model.encoders.factory import (
     make_representation_encoder,
 )
 from model.encoders.hf_vision import KNOWN_VISION_ARCHITECTURES, HFVisionEncoder
+from model.encoders.representation import RepresentationEncoder, validate_images
 from model.encoders.tiny_vit import TinyViTEncoder
 
 __all__ = [

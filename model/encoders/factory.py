@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from model.encoders.base import RepresentationEncoder
-from model.encoders.common import resolve_options
 from model.encoders.efficientnet import EfficientNetLite0Encoder
+from model.encoders.frozen import resolve_options
 from model.encoders.hf_vision import HFVisionEncoder
+from model.encoders.representation import RepresentationEncoder
 from model.encoders.tiny_vit import TinyViTEncoder
 from model.errors import InvalidInputError
 

@@ -15,8 +15,7 @@ import transformers
 from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 
-from model.encoders.base import IMAGENET_MEAN, IMAGENET_STD, RepresentationEncoder
-from model.encoders.common import (
+from model.encoders.frozen import (
     ExternalWeightsMixin,
     check_loading_info,
     default_device_is_meta,
@@ -24,6 +23,7 @@ from model.encoders.common import (
     require_hf_directory,
     resolve_options,
 )
+from model.encoders.representation import IMAGENET_MEAN, IMAGENET_STD, RepresentationEncoder
 from model.errors import InvalidInputError
 
 # model_type in config.json -> (encoder kind, transformers config class, model class, input layout).

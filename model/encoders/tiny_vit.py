@@ -14,8 +14,8 @@ from diffusers import ModelMixin  # noqa: F401
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from model.encoders.base import RepresentationEncoder
-from model.encoders.common import resolve_options
+from model.encoders.frozen import resolve_options
+from model.encoders.representation import RepresentationEncoder
 from model.errors import InvalidInputError
 
 

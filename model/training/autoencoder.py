@@ -19,8 +19,8 @@ from ..fae import DiagonalGaussian
 from ..latent_cache import CachedFeatures
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
-from .loop import BatchSampler, autocast
 from .optim import Optimization, trainable
+from .train_loop import BatchSampler, autocast
 
 
 class FeatureAutoencoderTask:

@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..latent_cache import CachedLatents
 from .config import TrainConfig
-from .loop import BatchSampler, autocast
 from .optim import Optimization
+from .train_loop import BatchSampler, autocast
 
 LABEL_MODES = ("dataset", "fixed", "random")
 

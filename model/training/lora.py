@@ -34,13 +34,17 @@ from ..latent_cache import LatentCache
 from ..pipeline import FAEPipeline
 from .config import TrainConfig
 from .generator import ClassConditions, GeneratorTask, TextConditions
-from .loop import LoopOptions, derive_seed, run_loop
-from .progress import CancelCheck, ProgressCallback
+from .progress import CancelCheck, TrainingProgressCallback
+from .train_loop import LoopOptions, derive_seed, run_loop
 
 FINETUNE_MIN_IMAGES = 10
 FINETUNE_MAX_IMAGES = 1000
-MAX_STEPS = 20_000
-MAX_RANK = 128
+FINETUNE_MAX_STEPS = (
+    20_000  # Kept equal to core.contract.FINETUNE_MAX_STEPS (tests/architecture/test_limits.py checks).
+)
+FINETUNE_MAX_RANK = (
+    128  # Kept equal to core.contract.FINETUNE_MAX_RANK (tests/architecture/test_limits.py checks).
+)
 MAX_TRIGGER_CHARS = 200
 ADAPTER_NAME = "finetune"
 
@@ -51,10 +55,10 @@ def _check_settings(
     def is_int(value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    if not is_int(steps) or not 1 <= steps <= MAX_STEPS:
-        raise InvalidInputError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
-    if not is_int(rank) or not 1 <= rank <= MAX_RANK:
-        raise InvalidInputError(f"rank must be an integer from 1 to {MAX_RANK}, got {rank!r}")
+    if not is_int(steps) or not 1 <= steps <= FINETUNE_MAX_STEPS:
+        raise InvalidInputError(f"steps must be an integer from 1 to {FINETUNE_MAX_STEPS}, got {steps!r}")
+    if not is_int(rank) or not 1 <= rank <= FINETUNE_MAX_RANK:
+        raise InvalidInputError(f"rank must be an integer from 1 to {FINETUNE_MAX_RANK}, got {rank!r}")
     if not isinstance(learning_rate, (int, float)) or not 0 < learning_rate <= 1:
         raise InvalidInputError(f"learning_rate must be in (0, 1], got {learning_rate!r}")
     if trigger_phrase is not None and (
@@ -72,7 +76,7 @@ def _base(
     if (base_dir is None) == (pipeline is None):
         raise InvalidInputError("give exactly one of base_dir (a model directory) or pipeline (a loaded one)")
     if pipeline is None:
-        from ..loading import load_pipeline
+        from ..repository import load_pipeline
 
         pipeline = load_pipeline(Path(base_dir), device=str(resolve_device(device)))
         generator = strip_lora(pipeline.generator)
@@ -135,7 +139,7 @@ def run_finetune(
     learning_rate: float = 1e-4,
     trigger_phrase: str | None = None,
     seed: int = 0,
-    progress_callback: ProgressCallback | None = None,
+    progress_callback: TrainingProgressCallback | None = None,
     cancel_check: CancelCheck | None = None,
     class_label: int | None = None,
     batch_size: int = 8,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .loop import lr_multiplier
+from .train_loop import lr_multiplier
 
 
 class Optimization:

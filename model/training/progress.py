@@ -9,9 +9,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
-ProgressCallback = Callable[..., Any]
+
+class TrainingProgressCallback(Protocol):
+    """Told after every training step; keywords so the worker's progress writer can take them by name."""
+
+    def __call__(self, *, step: int, total: int, eta_s: float | None, loss: float) -> None: ...
+
+
 CancelCheck = Callable[[], bool]
 
 
@@ -22,7 +28,7 @@ class ProgressReporter:
         start_step: int,
         images_per_step: int,
         description: str,
-        callback: ProgressCallback | None = None,
+        callback: TrainingProgressCallback | None = None,
         show_bar: bool | None = None,
     ) -> None:
         from tqdm.auto import tqdm

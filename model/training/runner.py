@@ -22,9 +22,9 @@ from ..pipeline import FAEPipeline
 from .autoencoder import FeatureAutoencoderTask, PixelDecoderTask
 from .config import STAGES, TrainConfig
 from .generator import ClassConditions, GeneratorTask, TextConditions
-from .loop import LoopOptions, run_loop
 from .optim import trainable
-from .progress import CancelCheck, ProgressCallback
+from .progress import CancelCheck, TrainingProgressCallback
+from .train_loop import LoopOptions, run_loop
 
 STAGE_CHOICES = (*STAGES, "all")
 
@@ -65,7 +65,7 @@ def load_training_pipeline(
     if preset is not None:
         pipe = FAEPipeline.from_preset(preset, seed=seed)
     else:
-        from ..loading import check_model_dir
+        from ..repository import check_model_dir
 
         check_model_dir(Path(model_dir))
         pipe = FAEPipeline.from_pretrained(str(model_dir))
@@ -96,7 +96,7 @@ def train(
     cache_dir: Path | None = None,
     resume: bool = False,
     device: str | None = None,
-    progress_callback: ProgressCallback | None = None,
+    progress_callback: TrainingProgressCallback | None = None,
     cancel_check: CancelCheck | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:

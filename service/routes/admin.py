@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
 
 from core.contract import Job
 from service.admission import build_job, enqueue, new_job_id
 from service.deps import AdminCaller, ServicesDep
+from service.presenters import present_job
 from service.problems import not_found
-from service.routes.common import present_job
-from service.routes.jobs import JobId
+from service.schemas import DeadLetterList, JobId
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
-
-class DeadLetterList(BaseModel):
-    data: list[dict[str, Any]]
 
 
 @router.get("/dead-letters", response_model=DeadLetterList, summary="Jobs that kept killing their worker")
@@ -42,7 +35,7 @@ def replay_dead_letter(
     """Job states never go backwards, so the failed original stays failed; its request runs again under a
     new id (`metadata.replay_of` names the original) and the dead letter is removed."""
     store = services.store
-    if not any(record["job_id"] == job_id for record in store.list_dead_letters()):
+    if not any(record.job_id == job_id for record in store.list_dead_letters()):
         raise not_found("dead letter", job_id)
     original = store.get(job_id)
     if original is None:
@@ -61,4 +54,4 @@ def replay_dead_letter(
     enqueue(store, services.queue, replay)
     store.remove_dead_letter(job_id)
     response.headers["Location"] = f"/v1/jobs/{replay.id}"
-    return present_job(store.get(replay.id) or replay, store, services.storage, services.settings, request)
+    return present_job(store.get(replay.id) or replay, services, request)

@@ -15,15 +15,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from core.contract import FinetuneParams, Job, JobKind, dataset_key
+from core.contract import FinetuneParams, Job, JobKind, JobStatus, dataset_key
 from core.storage import InvalidKey, check_key
 from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
-from service.datasets import DatasetError, DatasetTooLarge, DatasetWriter
+from service.datasets import DatasetWriter, UploadRejected, UploadTooLarge
 from service.deps import FinetuneCaller, ServicesDep
+from service.presenters import cancel_job, job_page, owned_job, present_job
 from service.problems import ProblemError
-from service.routes.common import cancel_job, owned_job, present_job
-from service.routes.generate import check_webhook, invalid, resolve_model
-from service.routes.jobs import JobId, JobPage
+from service.schemas import JobId, JobPage
+from service.validation import check_webhook, invalid, resolve_model
 
 router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"])
 
@@ -137,14 +137,14 @@ async def create_finetune(
     services: ServicesDep,
 ) -> Job:
     store, storage, settings, tenant = services.store, services.storage, services.settings, principal.tenant
-    await run_in_threadpool(check_rate, store, settings, tenant)
-    await run_in_threadpool(check_capacity, store, settings, tenant, JobKind.finetune)
+    await run_in_threadpool(check_rate, store, settings.limits, tenant)
+    await run_in_threadpool(check_capacity, store, settings.limits, tenant, JobKind.finetune)
     params, uploads, form = await _read_request(request)
     job_id = new_job_id()
     prefix = dataset_key(tenant, job_id)
     try:
         model = await run_in_threadpool(resolve_model, services.models, params.model)
-        webhook_url = await run_in_threadpool(check_webhook, params.webhook_url, settings)
+        webhook_url = await run_in_threadpool(check_webhook, params.webhook_url, settings.webhooks)
         payload = params.model_dump(mode="json")
         payload["model"] = model.name
         if uploads and params.s3_prefix:
@@ -157,9 +157,9 @@ async def create_finetune(
             writer = DatasetWriter(storage, prefix, settings.gateway.max_upload_bytes)
             try:
                 await run_in_threadpool(_store_uploads, writer, uploads)
-            except DatasetTooLarge as exc:
+            except UploadTooLarge as exc:
                 raise ProblemError(413, "Content Too Large", str(exc), "upload-too-large") from exc
-            except DatasetError as exc:
+            except UploadRejected as exc:
                 raise invalid("files", str(exc)) from exc
             if writer.summary.images == 0:
                 raise invalid("files", "the dataset has no images (PNG, JPEG or WebP)")
@@ -167,7 +167,7 @@ async def create_finetune(
         else:
             raise invalid("files", "upload images (or a zip) in `files`, or give an s3_prefix")
         job = build_job(job_id, JobKind.finetune, tenant, model.name, payload, params.metadata, webhook_url)
-        job, _ = await run_in_threadpool(create_and_enqueue, store, services.queue, settings, job)
+        job, _ = await run_in_threadpool(create_and_enqueue, store, services.queue, settings.limits, job)
     except Exception:
         if uploads:  # nothing may stay behind for a job that will not run
             await run_in_threadpool(storage.delete_prefix, prefix)
@@ -176,7 +176,7 @@ async def create_finetune(
         if form is not None:
             await form.close()
     response.headers["Location"] = f"/v1/finetunes/{job.id}"
-    return await run_in_threadpool(present_job, job, store, storage, settings, request)
+    return await run_in_threadpool(present_job, job, services, request)
 
 
 @router.get("", response_model=JobPage, summary="List the caller's fine-tunes, newest first")
@@ -187,18 +187,13 @@ def list_finetunes(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> JobPage:
-    try:
-        jobs, next_cursor = services.store.list_for_tenant(principal.tenant, JobKind.finetune, limit, cursor)
-    except ValueError as exc:
-        raise invalid("cursor", "not a cursor this API returned") from exc
-    shown = [present_job(job, services.store, services.storage, services.settings, request) for job in jobs]
-    return JobPage(data=shown, next_cursor=next_cursor)
+    return job_page(services, request, principal.tenant, JobKind.finetune, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=Job, summary="A fine-tune: status, progress and loss, adapter id")
 def get_finetune(job_id: JobId, principal: FinetuneCaller, services: ServicesDep, request: Request) -> Job:
     job = owned_job(services.store, principal.tenant, job_id, JobKind.finetune)
-    return present_job(job, services.store, services.storage, services.settings, request)
+    return present_job(job, services, request)
 
 
 @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a fine-tune")
@@ -210,6 +205,6 @@ def cancel_finetune(
     response: Response,
 ) -> Job:
     job = owned_job(services.store, principal.tenant, job_id, JobKind.finetune)
-    result = cancel_job(services.store, services.queue, job)
-    response.status_code = 202 if result.status.value == "running" else 200
-    return present_job(result, services.store, services.storage, services.settings, request)
+    result = cancel_job(services, job)
+    response.status_code = 202 if result.status is JobStatus.running else 200
+    return present_job(result, services, request)

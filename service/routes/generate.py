@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.contract import GenerateRequest, Job, JobKind, JobStatus
-from core.jobqueue import JobQueue
-from core.jobstore import JobStore, body_hash
-from core.settings import Settings
-from core.webhooks import WebhookURLRefused, check_webhook_url
+from core.jobstore import body_hash
 from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
-from service.catalog import ModelCatalog, ModelInfo
-from service.deps import GenerateCaller, ServicesDep
-from service.problems import ProblemError
-from service.routes.common import present_job
+from service.deps import GenerateCaller, Services, ServicesDep
+from service.presenters import present_job
+from service.validation import check_adapter, check_condition, check_webhook, resolve_model
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+(?:\.\d+)?))?(?=$|[,;\s])", re.IGNORECASE)
-
-
-def invalid(field: str, message: str) -> ProblemError:
-    """A 422 shaped like FastAPI's validation errors, for checks that need the model or the store."""
-    return ProblemError(
-        422,
-        "Invalid request",
-        f"{field}: {message}",
-        slug="validation-error",
-        errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
-    )
 
 
 def parse_prefer_wait(prefer: str | None, max_wait_s: float) -> float | None:
@@ -74,61 +59,11 @@ def wants_image(accept: str | None, content_type: str | None) -> bool:
     return False
 
 
-def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:
-    model = models.resolve(name)
-    if model is not None:
-        return model
-    known = [m.name for m in models.all()]
-    if not known:
-        raise ProblemError(503, "Service Unavailable", "no models are configured (FAE_MODELS)", "no-models")
-    raise invalid("model", f"unknown model {name!r}; available: {', '.join(known)} (GET /v1/models)")
-
-
-def check_condition(body: GenerateRequest, model: ModelInfo) -> None:
-    if model.condition_type == "class":
-        classes = f" (0..{model.num_classes - 1})" if model.num_classes else ""
-        if body.prompt is not None:
-            raise invalid("prompt", f"model {model.name!r} is class-conditional: send class_label{classes}")
-        if body.class_label is None:
-            raise invalid("class_label", f"model {model.name!r} needs a class_label{classes}")
-        if model.num_classes is not None and body.class_label >= model.num_classes:
-            raise invalid("class_label", f"{body.class_label} is out of range for {model.name!r}{classes}")
-    elif model.condition_type == "text":
-        if body.class_label is not None:
-            raise invalid("class_label", f"model {model.name!r} takes a text prompt, not class_label")
-        if body.prompt is None:
-            raise invalid("prompt", f"model {model.name!r} needs a prompt")
-    elif body.prompt is None and body.class_label is None:
-        raise invalid("prompt", "give a prompt or a class_label")
-
-
-def check_adapter(store: JobStore, tenant: str, body: GenerateRequest, model: ModelInfo) -> None:
-    if body.adapter is None:
-        return
-    record = store.get_adapter(tenant, body.adapter)
-    if record is None:
-        raise invalid("adapter", f"no adapter {body.adapter!r} for this API key (GET /v1/adapters)")
-    trained_for = record.get("model")
-    if trained_for and trained_for != model.name:
-        raise invalid(
-            "adapter", f"adapter {body.adapter!r} was trained for model {trained_for!r}, not {model.name!r}"
-        )
-
-
-def check_webhook(url: Any, settings: Settings) -> str | None:
-    if url is None:
-        return None
-    try:
-        return check_webhook_url(str(url), settings).url
-    except WebhookURLRefused as exc:
-        raise invalid("webhook_url", str(exc)) from exc
-
-
 def admit_generate(
-    services: ServicesDep, queue: JobQueue, tenant: str, body: GenerateRequest, idempotency_key: str | None
+    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Everything between a valid body and a queued job (blocking: runs in a worker thread)."""
-    store, settings = services.store, services.settings
+    store, limits = services.store, services.settings.limits
     payload = body.model_dump(mode="json")
     digest = body_hash(payload)
     # A retry of a request that already made its job gets that job back, whatever the rate budget says.
@@ -136,15 +71,15 @@ def admit_generate(
         earlier = store.find_idempotent(tenant, idempotency_key, digest)
         if earlier is not None:
             return earlier, False
-    check_rate(store, settings, tenant)
+    check_rate(store, limits, tenant)
     model = resolve_model(services.models, body.model)
     check_condition(body, model)
     check_adapter(store, tenant, body, model)
-    webhook_url = check_webhook(body.webhook_url, settings)
-    check_capacity(store, settings, tenant, JobKind.generate)
+    webhook_url = check_webhook(body.webhook_url, services.settings.webhooks)
+    check_capacity(store, limits, tenant, JobKind.generate)
     payload["model"] = model.name
     job = build_job(new_job_id(), JobKind.generate, tenant, model.name, payload, body.metadata, webhook_url)
-    return create_and_enqueue(store, queue, settings, job, idempotency_key, digest)
+    return create_and_enqueue(store, services.queue, limits, job, idempotency_key, digest)
 
 
 @router.post(
@@ -174,9 +109,7 @@ async def generate(
     prefer: Annotated[str | None, Header()] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Job:
-    job, created = await run_in_threadpool(
-        admit_generate, services, services.queue, principal.tenant, body, idempotency_key
-    )
+    job, created = await run_in_threadpool(admit_generate, services, principal.tenant, body, idempotency_key)
     wait_s = parse_prefer_wait(prefer, services.settings.gateway.max_wait_s)
     if wait_s is not None and not job.status.terminal:
         job = await services.store.wait_terminal(job.id, wait_s) or job
@@ -185,9 +118,7 @@ async def generate(
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.status_code = 200 if job.status.terminal else 202
-    presented = await run_in_threadpool(
-        present_job, job, services.store, services.storage, services.settings, request
-    )
+    presented = await run_in_threadpool(present_job, job, services, request)
     response.headers["Vary"] = "Accept"
     succeeded = presented.status is JobStatus.succeeded and bool(presented.outputs)
     if succeeded and wants_image(accept, presented.outputs[0].content_type):

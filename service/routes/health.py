@@ -44,11 +44,12 @@ def readyz(services: ServicesDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics_endpoint(services: ServicesDep) -> Response:
-    try:  # queue depth is sampled at scrape time from the job store
+    try:  # queue depths and the dead-letter count are sampled at scrape time from the job store
         for kind in JobKind:
             metrics.QUEUE_DEPTH.labels(queue=kind.value).set(services.store.queue_depth(kind))
         metrics.QUEUE_DEPTH.labels(queue="webhooks").set(services.queue.depth("webhooks"))
+        metrics.DEAD_LETTERS.set(services.store.count_dead_letters())
     except Exception:
-        logger.warning("queue depth unavailable for /metrics", exc_info=True)
+        logger.warning("queue depth or dead letters unavailable for /metrics", exc_info=True)
     body, content_type = metrics.render_latest()
     return Response(body, media_type=content_type)

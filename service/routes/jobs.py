@@ -7,28 +7,22 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core.contract import Job, JobKind, JobStatus
 from core.jobstore import JobStore
 from service.deps import Caller, ServicesDep
+from service.presenters import cancel_job, job_page, owned_job, present_job
 from service.problems import ProblemError
-from service.routes.common import cancel_job, owned_job, present_job
+from service.schemas import JobId, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 # While nothing changes, an event stream still re-reads the job this often (queue positions move) and
 # sends a comment line (keeps proxies from closing an idle stream).
 _REREAD_S = 5.0
-
-
-class JobPage(BaseModel):
-    data: list[Job]
-    next_cursor: str | None
 
 
 @router.get("", response_model=JobPage, summary="List the caller's jobs, newest first")
@@ -40,20 +34,12 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> JobPage:
-    try:
-        jobs, next_cursor = services.store.list_for_tenant(principal.tenant, kind, limit, cursor)
-    except ValueError as exc:
-        raise ProblemError(
-            422, "Invalid request", "cursor: not a cursor this API returned", "validation-error"
-        ) from exc
-    shown = [present_job(job, services.store, services.storage, services.settings, request) for job in jobs]
-    return JobPage(data=shown, next_cursor=next_cursor)
+    return job_page(services, request, principal.tenant, kind, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=Job, summary="A job: status, progress, outputs (presigned URLs)")
 def get_job(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> Job:
-    job = owned_job(services.store, principal.tenant, job_id)
-    return present_job(job, services.store, services.storage, services.settings, request)
+    return present_job(owned_job(services.store, principal.tenant, job_id), services, request)
 
 
 @router.post(
@@ -74,9 +60,9 @@ def cancel(
         raise ProblemError(
             403, "Forbidden", f"this API key lacks the `{job.kind.value}` scope", "missing-scope"
         )
-    result = cancel_job(services.store, services.queue, job)
+    result = cancel_job(services, job)
     response.status_code = 202 if result.status is JobStatus.running else 200
-    return present_job(result, services.store, services.storage, services.settings, request)
+    return present_job(result, services, request)
 
 
 def _sse(event: str, data: str, event_id: int) -> str:
@@ -122,7 +108,7 @@ def events(job_id: JobId, principal: Caller, services: ServicesDep, request: Req
     owned_job(services.store, principal.tenant, job_id)
 
     def render(job: Job) -> Job:
-        return present_job(job, services.store, services.storage, services.settings, request)
+        return present_job(job, services, request)
 
     stream = job_events(services.store, job_id, render, services.settings.gateway.events_max_s)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

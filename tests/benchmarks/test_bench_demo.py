@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.bench_demo import main
-from model.loading import SHIPPED_DEMO_DIR
+from model.repository import SHIPPED_DEMO_DIR
 
 
 def test_demo_benchmark_reports_each_batch_size(capsys: pytest.CaptureFixture) -> None:

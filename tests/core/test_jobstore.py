@@ -7,10 +7,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import pytest
 
-from core.contract import Job, JobError, JobKind, JobOutput, JobStatus
+from core.contract import AdapterRecord, Job, JobError, JobKind, JobOutput, JobStatus, adapter_key
 from core.jobstore import (
     IdempotencyConflict,
     InflightLimitExceeded,
@@ -30,9 +31,10 @@ MakeJob = Callable[..., Job]
 def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
     settings = Settings().override(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
     if request.param == "memory":
-        yield MemoryJobStore(settings)
+        yield MemoryJobStore(settings.limits)
         return
-    redis_store = RedisJobStore(request.getfixturevalue("redis_server").url(), settings)
+    settings = settings.override(redis_url=request.getfixturevalue("redis_server").url())
+    redis_store = RedisJobStore(settings.redis, settings.limits)
     try:
         yield redis_store
     finally:
@@ -219,11 +221,13 @@ def test_deliveries_and_dead_letters(store: JobStore, new_job: MakeJob) -> None:
     store.dead_letter(job.id, "killed its worker 3 times")
     parked = store.get(job.id)
     assert parked.status is JobStatus.failed and parked.error.reason == "dead_lettered"
+    assert store.count_dead_letters() == 1
     (record,) = store.list_dead_letters()
-    assert record["job_id"] == job.id and record["deliveries"] == 3 and record["tenant"] == "acme"
+    assert record.job_id == job.id and record.deliveries == 3 and record.tenant == "acme"
+    assert record.kind is JobKind.generate and record.reason == "killed its worker 3 times"
     assert store.remove_dead_letter(job.id)
     assert not store.remove_dead_letter(job.id)
-    assert store.list_dead_letters() == []
+    assert store.list_dead_letters() == [] and store.count_dead_letters() == 0
     assert store.record_delivery(job.id) == 1  # the counter starts over after a replay
 
 
@@ -262,24 +266,34 @@ def test_wait_terminal_returns_current_state_after_timeout(store: JobStore, new_
     assert asyncio.run(store.wait_terminal("missing", 0.1)) is None
 
 
+def adapter(adapter_id: str, created_at: str, tenant: str = "acme") -> AdapterRecord:
+    return AdapterRecord(
+        id=adapter_id,
+        tenant=tenant,
+        model="m",
+        key=adapter_key(tenant, adapter_id),
+        created_at=datetime.fromisoformat(created_at),
+    )
+
+
 def test_adapters_are_per_tenant(store: JobStore) -> None:
-    store.put_adapter({"id": "a1", "tenant": "acme", "model": "m", "created_at": "2025-01-01T00:00:00"})
-    store.put_adapter({"id": "a2", "tenant": "acme", "model": "m", "created_at": "2025-01-02T00:00:00"})
-    assert store.get_adapter("acme", "a1")["model"] == "m"
+    store.put_adapter(adapter("a2", "2025-01-02T00:00:00+00:00"))
+    store.put_adapter(adapter("a1", "2025-01-01T00:00:00+00:00"))
+    assert store.get_adapter("acme", "a1") == adapter("a1", "2025-01-01T00:00:00+00:00")
     assert store.get_adapter("globex", "a1") is None
-    assert [a["id"] for a in store.list_adapters("acme")] == ["a1", "a2"]
+    assert [a.id for a in store.list_adapters("acme")] == ["a1", "a2"]
     assert store.list_adapters("globex") == []
     assert not store.delete_adapter("globex", "a1")
     assert store.delete_adapter("acme", "a1")
     assert store.get_adapter("acme", "a1") is None
-    with pytest.raises(ValueError):
-        store.put_adapter({"id": "x"})
     assert store.ping()
 
 
 def test_redis_store_forgets_expired_jobs(redis_server, new_job: MakeJob) -> None:
-    settings = Settings().override(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
-    redis_store = RedisJobStore(redis_server.url(), settings)
+    settings = Settings().override(
+        redis_namespace=f"test-{uuid.uuid4().hex[:12]}", redis_url=redis_server.url()
+    )
+    redis_store = RedisJobStore(settings.redis, settings.limits)
     try:
         kept, _ = redis_store.create(new_job())
         gone, _ = redis_store.create(new_job())
@@ -298,5 +312,6 @@ def test_redis_store_ping_fails_when_unreachable() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    unreachable = RedisJobStore(f"redis://127.0.0.1:{port}/0", Settings())
+    settings = Settings().override(redis_url=f"redis://127.0.0.1:{port}/0")
+    unreachable = RedisJobStore(settings.redis, settings.limits)
     assert unreachable.ping() is False

@@ -104,13 +104,13 @@ def test_make_storage_picks_the_backend(tmp_path: Path) -> None:
 
 @pytest.mark.services
 def test_s3_storage_on_seaweedfs(s3_server, s3_bucket: str, tmp_path: Path) -> None:
-    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)))
+    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)).storage)
     exercise_backend(storage, tmp_path)
 
 
 @pytest.mark.services
 def test_s3_presigned_get_works_over_http_and_tampering_fails(s3_server, s3_bucket: str) -> None:
-    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)))
+    storage = S3Storage(Settings().override(**s3_server.settings_fields(s3_bucket)).storage)
     storage.put_bytes("tenants/acme/jobs/j1/0.png", b"\x89PNG-data", "image/png")
     storage.put_bytes("tenants/other/jobs/j2/0.png", b"secret")
     url = storage.presign_get("tenants/acme/jobs/j1/0.png", 60)
@@ -128,10 +128,12 @@ def test_s3_presigned_get_works_over_http_and_tampering_fails(s3_server, s3_buck
 @pytest.mark.services
 def test_s3_ping_and_public_endpoint(s3_server, s3_bucket: str) -> None:
     fields = s3_server.settings_fields(s3_bucket)
-    assert not S3Storage(Settings().override(**{**fields, "s3_bucket": "fae-no-such-bucket"})).ping()
-    public = S3Storage(Settings().override(**fields, s3_public_endpoint_url="https://files.example.com"))
+    assert not S3Storage(Settings().override(**{**fields, "s3_bucket": "fae-no-such-bucket"}).storage).ping()
+    public = S3Storage(
+        Settings().override(**fields, s3_public_endpoint_url="https://files.example.com").storage
+    )
     assert public.presign_get("k.png", 60).startswith(f"https://files.example.com/{s3_bucket}/k.png?")
-    fresh = S3Storage(Settings().override(**{**fields, "s3_bucket": s3_bucket + "-new"}))
+    fresh = S3Storage(Settings().override(**{**fields, "s3_bucket": s3_bucket + "-new"}).storage)
     fresh.create_bucket()
     fresh.create_bucket()  # idempotent
     assert fresh.ping()

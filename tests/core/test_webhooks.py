@@ -17,7 +17,7 @@ import pytest
 from core import metrics
 from core.contract import Job, JobKind, JobOutput, JobStatus
 from core.jobstore.base import utcnow
-from core.settings import Settings
+from core.settings import WebhookSettings
 from core.webhooks import (
     WebhookURLRefused,
     check_webhook_url,
@@ -99,10 +99,10 @@ def test_signature_matches_an_independent_implementation() -> None:
 
 
 def test_delivery_reaches_an_allowed_receiver_signed(receiver: Receiver, tmp_path: Path) -> None:
-    settings = Settings().override(webhook_allowlist="127.0.0.1", data_dir=tmp_path)
-    secret = secret_for_tenant("acme", settings)
+    webhooks = WebhookSettings(allowlist="127.0.0.1")
+    secret = secret_for_tenant("acme", webhooks, tmp_path)
     before = metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered")._value.get()
-    outcome = deliver(finished_job(), receiver.url, secret, settings)
+    outcome = deliver(finished_job(), receiver.url, secret, webhooks)
     assert outcome.ok and outcome.status_code == 200 and not outcome.retryable
     ((headers, body),) = receiver.received
     assert headers["webhook-id"] == outcome.webhook_id == "msg_job123_succeeded"
@@ -111,39 +111,39 @@ def test_delivery_reaches_an_allowed_receiver_signed(receiver: Receiver, tmp_pat
     )
     assert headers["host"] == receiver.url.split("/")[2]
     assert verify(secret, headers, body)
-    assert not verify(secret_for_tenant("globex", settings), headers, body)
+    assert not verify(secret_for_tenant("globex", webhooks, tmp_path), headers, body)
     event = json.loads(body)
     assert event["type"] == "job.succeeded"
     assert event["data"]["id"] == "job123" and event["data"]["outputs"][0]["url"] == "https://x/0.png"
     assert metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered")._value.get() == before + 1
 
 
-def test_delivery_to_loopback_is_refused_without_allowlist(receiver: Receiver, tmp_path: Path) -> None:
-    outcome = deliver(finished_job(), receiver.url, generate_secret(), Settings().override(data_dir=tmp_path))
+def test_delivery_to_loopback_is_refused_without_allowlist(receiver: Receiver) -> None:
+    outcome = deliver(finished_job(), receiver.url, generate_secret(), WebhookSettings())
     assert outcome.outcome == "refused" and not outcome.retryable
     assert receiver.received == []
 
 
-def test_receiver_errors_are_retryable_and_410_is_final(receiver: Receiver, tmp_path: Path) -> None:
-    settings = Settings().override(webhook_allowlist="127.0.0.0/8", data_dir=tmp_path)
+def test_receiver_errors_are_retryable_and_410_is_final(receiver: Receiver) -> None:
+    webhooks = WebhookSettings(allowlist="127.0.0.0/8")
     receiver.status = 503
-    outcome = deliver(finished_job(), receiver.url, generate_secret(), settings)
+    outcome = deliver(finished_job(), receiver.url, generate_secret(), webhooks)
     assert outcome.outcome == "error" and outcome.retryable and outcome.status_code == 503
     receiver.status = 410
-    assert deliver(finished_job(), receiver.url, generate_secret(), settings).outcome == "rejected"
+    assert deliver(finished_job(), receiver.url, generate_secret(), webhooks).outcome == "rejected"
     receiver.status = 302  # redirects are not followed: they could point inward
-    assert deliver(finished_job(), receiver.url, generate_secret(), settings).retryable
+    assert deliver(finished_job(), receiver.url, generate_secret(), webhooks).retryable
     assert len(receiver.received) == 3
 
 
-def test_unreachable_receiver_is_a_retryable_error(tmp_path: Path) -> None:
+def test_unreachable_receiver_is_a_retryable_error() -> None:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    settings = Settings().override(webhook_allowlist="127.0.0.1", data_dir=tmp_path, webhook_timeout_s=2)
-    outcome = deliver(finished_job(), f"http://127.0.0.1:{port}/", generate_secret(), settings)
+    webhooks = WebhookSettings(allowlist="127.0.0.1", timeout_s=2)
+    outcome = deliver(finished_job(), f"http://127.0.0.1:{port}/", generate_secret(), webhooks)
     assert outcome.outcome == "error" and outcome.retryable
 
 
@@ -169,35 +169,35 @@ def test_unreachable_receiver_is_a_retryable_error(tmp_path: Path) -> None:
 )
 def test_private_and_malformed_urls_are_refused(url: str) -> None:
     with pytest.raises(WebhookURLRefused):
-        check_webhook_url(url, Settings())
+        check_webhook_url(url, WebhookSettings())
 
 
 def test_public_addresses_pass_and_the_allowlist_admits_internal_ones() -> None:
-    target = check_webhook_url("https://93.184.216.34:8443/hook", Settings())
+    target = check_webhook_url("https://93.184.216.34:8443/hook", WebhookSettings())
     assert target.port == 8443 and str(target.addresses[0]) == "93.184.216.34"
-    assert check_webhook_url("http://[2606:4700::1111]/", Settings()).port == 80
-    settings = Settings().override(webhook_allowlist="10.0.0.0/8, localhost")
-    check_webhook_url("http://10.1.2.3/", settings)
-    check_webhook_url("http://localhost:9000/", settings)
+    assert check_webhook_url("http://[2606:4700::1111]/", WebhookSettings()).port == 80
+    webhooks = WebhookSettings(allowlist="10.0.0.0/8, localhost")
+    check_webhook_url("http://10.1.2.3/", webhooks)
+    check_webhook_url("http://localhost:9000/", webhooks)
     with pytest.raises(WebhookURLRefused):
-        check_webhook_url("http://192.168.0.10/", settings)
+        check_webhook_url("http://192.168.0.10/", webhooks)
 
 
 def test_tenant_secrets_configured_derived_and_persisted(tmp_path: Path) -> None:
     configured = generate_secret()
-    settings = Settings().override(webhook_secrets=f"acme:{configured}", webhook_signing_key="operator-key")
-    assert secret_for_tenant("acme", settings) == configured
-    derived = secret_for_tenant("globex", settings)
-    assert derived.startswith("whsec_") and derived == secret_for_tenant("globex", settings)
-    assert derived != secret_for_tenant("initech", settings)
+    webhooks = WebhookSettings(secrets=f"acme:{configured}", signing_key="operator-key")
+    assert secret_for_tenant("acme", webhooks, tmp_path) == configured
+    derived = secret_for_tenant("globex", webhooks, tmp_path)
+    assert derived.startswith("whsec_") and derived == secret_for_tenant("globex", webhooks, tmp_path)
+    assert derived != secret_for_tenant("initech", webhooks, tmp_path)
     assert len(base64.b64decode(derived[6:])) == 32
     # Without an operator key: a random key persisted in data_dir, the same for every process using it.
-    first = secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "a"))
-    assert first == secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "a"))
-    assert first != secret_for_tenant("acme", Settings().override(data_dir=tmp_path / "b"))
+    first = secret_for_tenant("acme", WebhookSettings(), tmp_path / "a")
+    assert first == secret_for_tenant("acme", WebhookSettings(), tmp_path / "a")
+    assert first != secret_for_tenant("acme", WebhookSettings(), tmp_path / "b")
     assert (tmp_path / "a" / "webhook-signing-key").stat().st_mode & 0o077 == 0
     with pytest.raises(ValueError):
-        secret_for_tenant("acme", Settings().override(webhook_secrets="no-colon"))
+        secret_for_tenant("acme", WebhookSettings(secrets="no-colon"), tmp_path)
 
 
 def test_retry_delays_grow_and_are_capped() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from demo.model_card import EVALUATION_REPORT, render_card
 from model import FAEPipeline
-from model.loading import SHIPPED_DEMO_DIR, default_model_dir, load_pipeline
+from model.repository import SHIPPED_DEMO_DIR, default_model_dir, load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_the_lru_keeps_recent_adapters_and_evicts_the_oldest(
         pipe.load_adapter(path, adapter_id=f"a{i}")
         outputs[i] = generate(pipe)
     reads = []
-    monkeypatch.setattr("model.adapters.read_adapter", lambda path: reads.append(path))
+    monkeypatch.setattr("model.adapters.peft_cache.read_adapter", lambda path: reads.append(path))
     # a hit: no disk read, no injection, and a0 becomes the most recent
     pipe.load_adapter(paths[0], adapter_id="a0")
     assert reads == []

@@ -1,4 +1,5 @@
-"""Step-level batching: samples join and leave between steps and still produce their one-at-a-time images."""
+"""Step-level batching: samples (StepBatcher) and whole jobs (DenoisingBatcher) join and leave between steps
+and still produce their one-at-a-time images."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from model import FAEPipeline
-from model.batching import Sample, StepBatcher
+from model.batching import DenoisingBatcher, DenoisingJob, Sample, StepBatcher
 from model.guidance import GuidanceSchedule
 
 
@@ -104,3 +105,88 @@ def test_empty_batcher_steps_to_nothing(pipe: FAEPipeline) -> None:
     batcher.add([sample(pipe, "x", 0, 0, steps=1)])
     assert [d.key for d in batcher.step(pipe.generator)] == ["x"]
     assert batcher.remove(["x"]) == [] and batcher.step(pipe.generator) == []
+
+
+# --- whole jobs -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def t2i_pipe() -> FAEPipeline:
+    pipe = FAEPipeline.from_preset("tiny-t2i", seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pipe.generator.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return pipe
+
+
+def job(
+    pipe: FAEPipeline, key: str, prompt: str, seed: int, steps: int, n: int = 1, scale: float = 1.0, **kw
+):
+    samples = pipe.prepare_samples(prompt, None, n, steps, scale, "constant", seed, key=key)
+    return DenoisingJob(key, samples, **kw)
+
+
+def alone_text(pipe: FAEPipeline, prompt: str, seed: int, steps: int, n: int = 1, scale: float = 1.0):
+    kwargs = {"num_images": n, "num_inference_steps": steps, "guidance_scale": scale, "seed": seed}
+    return pipe(prompt=prompt, output_type="pt", **kwargs).images
+
+
+def test_jobs_joining_mid_flight_match_their_solo_images(t2i_pipe: FAEPipeline) -> None:
+    batcher = DenoisingBatcher(t2i_pipe)
+    progress: dict[str, list[int]] = {"a": [], "b": []}
+    batcher.add(
+        job(t2i_pipe, "a", "red apple", 1, steps=5, n=2, on_step=lambda s, t: progress["a"].append(s))
+    )
+    results = {r.key: r for r in batcher.step() + batcher.step()}
+    batcher.add(
+        job(
+            t2i_pipe, "b", "running shoe", 7, steps=3, scale=2.5, on_step=lambda s, t: progress["b"].append(s)
+        )
+    )
+    results |= {r.key: r for r in batcher.step()}
+    assert batcher.last_batch_size == 3  # "b" joined the two running samples of "a"
+    results |= {r.key: r for r in batcher.run_until_idle()}
+    assert progress == {"a": [1, 2, 3, 4, 5], "b": [1, 2, 3]}
+    assert results["a"].seeds == [1, 2] and results["b"].seeds == [7]
+    torch.testing.assert_close(
+        results["a"].images, alone_text(t2i_pipe, "red apple", 1, 5, n=2), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        results["b"].images, alone_text(t2i_pipe, "running shoe", 7, 3, scale=2.5), atol=1e-5, rtol=0
+    )
+    assert batcher.idle
+
+
+def test_cancel_from_the_step_callback_stops_only_that_job(t2i_pipe: FAEPipeline) -> None:
+    batcher = DenoisingBatcher(t2i_pipe)
+    batcher.add(job(t2i_pipe, "stop", "blue whale", 3, steps=10, on_step=lambda s, t: s >= 2))
+    batcher.add(job(t2i_pipe, "go", "green tree", 4, steps=4))
+    results = {r.key: r for r in batcher.run_until_idle()}
+    assert results["stop"].canceled and results["stop"].images is None
+    assert not results["go"].canceled
+    torch.testing.assert_close(
+        results["go"].images, alone_text(t2i_pipe, "green tree", 4, 4), atol=1e-5, rtol=0
+    )
+
+
+def test_cancel_pending_and_running_jobs_by_key(t2i_pipe: FAEPipeline) -> None:
+    batcher = DenoisingBatcher(t2i_pipe, max_batch_size=1)
+    batcher.add(job(t2i_pipe, "first", "sun", 1, steps=3))
+    batcher.add(job(t2i_pipe, "waiting", "moon", 2, steps=3))
+    batcher.step()
+    assert batcher.last_batch_size == 1  # the batch limit keeps "waiting" out
+    assert batcher.cancel("waiting").canceled
+    assert batcher.cancel("first").canceled and batcher.idle
+    assert batcher.cancel("unknown") is None
+
+
+def test_batch_limit_admits_whole_jobs_in_order(t2i_pipe: FAEPipeline) -> None:
+    batcher = DenoisingBatcher(t2i_pipe, max_batch_size=3)
+    batcher.add(job(t2i_pipe, "two", "a", 1, steps=2, n=2))
+    batcher.add(job(t2i_pipe, "also-two", "b", 2, steps=2, n=2))
+    batcher.step()
+    assert batcher.last_batch_size == 2
+    finished = batcher.step()
+    assert [r.key for r in finished] == ["two"]
+    batcher.step()
+    assert batcher.last_batch_size == 2 and not batcher.idle
+    assert [r.key for r in batcher.step()] == ["also-two"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model import FAEPipeline
+from model.batching import DenoisingBatcher, DenoisingJob
 from model.compiled import BucketedForward, accelerate_pipeline, bucket_for
-from model.engine import DenoisingEngine, EngineJob
 
 
 def test_bucket_choice() -> None:
@@ -27,19 +27,19 @@ def test_padding_and_splitting_keep_rows_independent() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_engine_matches_eager_pipeline() -> None:
+def test_compiled_batcher_matches_eager_pipeline() -> None:
     """torch.compile really runs (inductor on the CPU) and gives the eager images within float tolerance."""
     pipe = FAEPipeline.from_preset("tiny", seed=0)
     with torch.no_grad():
         for p in pipe.generator.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     fast = accelerate_pipeline(pipe, buckets=(4,), compile=True)
-    engine = DenoisingEngine(
+    batcher = DenoisingBatcher(
         pipe, forward=fast["generator"], decoders=(fast["feature_decoder"], fast["pixel_decoder"])
     )
     samples = pipe.prepare_samples(None, [1, 2], 1, 4, 2.0, "constant", [5, 6], key="j")
-    engine.add(EngineJob("j", samples))
-    (result,) = engine.run_until_idle()
+    batcher.add(DenoisingJob("j", samples))
+    (result,) = batcher.run_until_idle()
     expected = pipe(
         class_labels=[1, 2], seed=[5, 6], num_inference_steps=4, guidance_scale=2.0, output_type="pt"
     )

@@ -22,8 +22,8 @@ from model.encoders import (
     make_representation_encoder,
     validate_images,
 )
-from model.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from model.encoders.hf_vision import naflex_patches
+from model.encoders.representation import IMAGENET_MEAN, IMAGENET_STD
 from model.errors import InvalidInputError, WeightsNotFoundError
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8}

@@ -15,7 +15,7 @@ from model.adapters import CONFIG_NAME, WEIGHTS_NAME
 from model.data import scan_image_folder
 from model.errors import AdapterError, AdapterMismatchError, DatasetError, InvalidInputError, TrainingCanceled
 from model.io import write_directory_atomically
-from model.loading import load_pipeline
+from model.repository import load_pipeline
 from model.synthetic import write_dataset
 from model.training.lora import run_finetune
 

@@ -11,8 +11,8 @@ import torch
 
 from model import FAEPipeline
 from model.errors import GenerationCanceled, InvalidInputError, WeightsNotFoundError
-from model.loading import load_pipeline
 from model.presets import PRESETS, parameter_counts
+from model.repository import load_pipeline
 
 PAPER_COUNTS = {
     "compressor": 38.17e6,

@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from model import FAEPipeline
-from model.adapters import inject, lora_config, save_adapter
-from model.engine import DenoisingEngine, EngineJob
+from model.adapters import (
+    AdapterSlots,
+    AdapterSlotsFull,
+    adapter_slots,
+    has_adapter_slots,
+    inject,
+    lora_config,
+    read_adapter,
+    save_adapter,
+)
+from model.batching import DenoisingBatcher, DenoisingJob
 from model.errors import AdapterError, AdapterMismatchError, InvalidInputError
 from model.fingerprint import module_fingerprint
-from model.lora_slots import AdapterSlots, AdapterSlotsFull, adapter_slots, has_adapter_slots
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,10 +59,10 @@ def request(pipe: FAEPipeline, seed: int = 3) -> dict[str, Any]:
 
 def generate(pipe: FAEPipeline, jobs: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Jobs (seed, adapter slot) denoised together in one batch; images per job."""
-    engine = DenoisingEngine(pipe)
+    batcher = DenoisingBatcher(pipe)
     for i, (seed, slot) in enumerate(jobs):
-        engine.add(EngineJob(i, pipe.prepare_samples(**request(pipe, seed), key=i, adapter_slot=slot)))
-    results = {r.key: r.images for r in engine.run_until_idle()}
+        batcher.add(DenoisingJob(i, pipe.prepare_samples(**request(pipe, seed), key=i, adapter_slot=slot)))
+    results = {r.key: r.images for r in batcher.run_until_idle()}
     return [results[i] for i in range(len(jobs))]
 
 
@@ -144,8 +152,10 @@ def test_lru_evicts_the_least_recently_used_slot_nobody_holds(
     for name in "abc":
         slots.release(held[name])
     reads: list[object] = []
-    real_read = __import__("model.adapters", fromlist=["read_adapter"]).read_adapter
-    monkeypatch.setattr("model.adapters.read_adapter", lambda path: reads.append(path) or real_read(path))
+    real_read = read_adapter
+    monkeypatch.setattr(
+        "model.adapters.slots.read_adapter", lambda path: reads.append(path) or real_read(path)
+    )
     assert slots.load(paths["a"], "a") == held["a"] and not reads  # a hit: no disk read, now the most recent
     slots.release(held["a"])
     d = slots.load(paths["d"], "d")  # evicts b, the least recently used

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from model.errors import InvalidInputError, TrainingCanceled
-from model.loading import load_pipeline
+from model.repository import load_pipeline
 from model.training.checkpoints import CheckpointStore
 from model.training.config import TrainConfig
 from model.training.runner import train

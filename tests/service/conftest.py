@@ -159,7 +159,7 @@ def make_gateway(tmp_path: Path, model_dirs: dict[str, Path]) -> Iterator[MakeGa
         }
         fields.update(overrides)
         settings = Settings().override(**fields)
-        store = store or MemoryJobStore(settings)
+        store = store or MemoryJobStore(settings.limits)
         storage = storage or LocalStorage(tmp_path / "files")
         queue = FakeQueue(store=store, storage=storage, complete=complete, delay_s=delay_s)
         app = create_app(settings, job_store=store, storage=storage, job_queue=queue)

@@ -24,7 +24,8 @@ def test_dead_letters_list_and_replay(make_gateway, headers) -> None:
     gw.store.transition(job["id"], JobStatus.running)
     gw.store.dead_letter(job["id"], "killed its worker 3 times")
     listed = gw.client.get("/v1/admin/dead-letters", headers=headers("root")).json()["data"]
-    assert [(r["job_id"], r["tenant"]) for r in listed] == [(job["id"], "acme")]
+    assert [(r["job_id"], r["tenant"], r["kind"]) for r in listed] == [(job["id"], "acme", "generate")]
+    assert "fae_dead_letters 1.0" in gw.client.get("/metrics").text  # sampled at scrape time
     failed = gw.client.get(f"/v1/jobs/{job['id']}", headers=headers("acme")).json()
     assert failed["status"] == "failed" and failed["error"]["reason"] == "dead_lettered"
 
@@ -35,6 +36,7 @@ def test_dead_letters_list_and_replay(make_gateway, headers) -> None:
     assert new["metadata"]["replay_of"] == job["id"] and new["request"]["class_label"] == 4
     assert gw.queue.enqueued[-1].id == new["id"]
     assert gw.client.get("/v1/admin/dead-letters", headers=headers("root")).json()["data"] == []
+    assert "fae_dead_letters 0.0" in gw.client.get("/metrics").text
     assert (
         gw.client.post(f"/v1/admin/dead-letters/{job['id']}/replay", headers=headers("root")).status_code
         == 404
@@ -55,7 +57,8 @@ def test_probes(make_gateway) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    broken = make_gateway(store=RedisJobStore(f"redis://127.0.0.1:{dead_port}/0", gw.settings))
+    dead = gw.settings.override(redis_url=f"redis://127.0.0.1:{dead_port}/0")
+    broken = make_gateway(store=RedisJobStore(dead.redis, dead.limits))
     not_ready = broken.client.get("/readyz")
     assert not_ready.status_code == 503
     assert not_ready.headers["content-type"].startswith("application/problem+json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.contract import Job, JobKind, JobStatus
+from core.contract import AdapterRecord, Job, JobKind, JobStatus, adapter_key
 from core.jobstore.base import utcnow
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -66,7 +66,15 @@ def test_other_tenants_resources_are_404_everywhere(make_gateway, headers, png) 
         id="f" * 32, kind=JobKind.finetune, status=JobStatus.queued, tenant="acme", created_at=utcnow()
     )
     gw.store.create(finetune)
-    gw.store.put_adapter({"id": "acme-style", "tenant": "acme", "model": "cls"})
+    gw.store.put_adapter(
+        AdapterRecord(
+            id="acme-style",
+            tenant="acme",
+            model="cls",
+            key=adapter_key("acme", "acme-style"),
+            created_at=utcnow(),
+        )
+    )
     intruder = headers("globex")
     for method, path in [
         ("GET", f"/v1/jobs/{done['id']}"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import UTC, datetime
 
-from core.contract import JobStatus
+from core.contract import AdapterRecord, JobStatus, adapter_key
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:
@@ -137,11 +138,24 @@ def test_finetune_cancel_and_adapter_lifecycle(make_gateway, headers, png) -> No
     assert gw.store.get(job["id"]).status is JobStatus.canceled
 
     gw.storage.put_bytes("tenants/acme/adapters/ad1/adapter.safetensors", b"weights")
+    created_at = datetime(2025, 1, 1, tzinfo=UTC)
     gw.store.put_adapter(
-        {"id": "ad1", "tenant": "acme", "model": "cls", "key": "tenants/acme/adapters/ad1/", "name": "style"}
+        AdapterRecord(
+            id="ad1",
+            tenant="acme",
+            model="cls",
+            key=adapter_key("acme", "ad1"),
+            name="style",
+            created_at=created_at,
+        )
     )
-    adapters = gw.client.get("/v1/adapters", headers=headers("acme")).json()["data"]
-    assert adapters == [{"id": "ad1", "model": "cls", "name": "style"}]
+    (adapter,) = gw.client.get("/v1/adapters", headers=headers("acme")).json()["data"]
+    assert {k: v for k, v in adapter.items() if v is not None} == {
+        "id": "ad1",
+        "model": "cls",
+        "name": "style",
+        "created_at": "2025-01-01T00:00:00Z",
+    }  # the tenant and the storage key are bookkeeping, not shown
     generate = gw.client.post(
         "/v1/generate", json={"class_label": 1, "adapter": "ad1"}, headers=headers("acme")
     )

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from core.contract import JobStatus
+from core.contract import AdapterRecord, JobStatus, adapter_key
 from core.jobstore import MemoryJobStore
+from core.jobstore.base import utcnow
 
 PROBLEM = "application/problem+json"
 
@@ -162,8 +163,16 @@ def test_model_aware_errors_are_422(make_gateway, headers, body, field, words) -
 
 def test_adapters_are_checked_per_tenant_and_model(make_gateway, headers) -> None:
     gw = make_gateway()
-    gw.store.put_adapter({"id": "style1", "tenant": "acme", "model": "cls"})
-    gw.store.put_adapter({"id": "style2", "tenant": "acme", "model": "txt"})
+    for adapter_id, model in (("style1", "cls"), ("style2", "txt")):
+        gw.store.put_adapter(
+            AdapterRecord(
+                id=adapter_id,
+                tenant="acme",
+                model=model,
+                key=adapter_key("acme", adapter_id),
+                created_at=utcnow(),
+            )
+        )
     ok = gw.client.post("/v1/generate", json={"class_label": 1, "adapter": "style1"}, headers=headers("acme"))
     assert ok.status_code == 202
     stolen = gw.client.post(
@@ -276,7 +285,7 @@ class BrokenStore(MemoryJobStore):
 
 def test_unexpected_errors_are_500_problems_without_internals(make_gateway, headers) -> None:
     gw = make_gateway(raise_server_exceptions=False)
-    gw_broken = make_gateway(store=BrokenStore(gw.settings), raise_server_exceptions=False)
+    gw_broken = make_gateway(store=BrokenStore(gw.settings.limits), raise_server_exceptions=False)
     response = gw_broken.client.post("/v1/generate", json={"class_label": 1}, headers=headers("acme"))
     problem = assert_problem(response, 500)
     assert "secret internal detail" not in response.text and problem["request_id"]

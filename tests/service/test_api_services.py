@@ -19,11 +19,13 @@ pytestmark = pytest.mark.services
 @pytest.fixture
 def real_parts(redis_server, s3_server, s3_bucket) -> Iterator[tuple[RedisJobStore, S3Storage, Settings]]:
     settings = Settings().override(
-        redis_namespace=f"test-{uuid.uuid4().hex[:12]}", **s3_server.settings_fields(s3_bucket)
+        redis_namespace=f"test-{uuid.uuid4().hex[:12]}",
+        redis_url=redis_server.url(),
+        **s3_server.settings_fields(s3_bucket),
     )
-    store = RedisJobStore(redis_server.url(), settings)
+    store = RedisJobStore(settings.redis, settings.limits)
     try:
-        yield store, S3Storage(settings), settings
+        yield store, S3Storage(settings.storage), settings
     finally:
         store.flush_namespace()
         store.close()
@@ -58,7 +60,7 @@ def test_limits_hold_in_redis_across_gateways(make_gateway, headers, real_parts)
     store, storage, settings = real_parts
     shared = {"rate_limit_per_minute": 3, "redis_namespace": settings.redis.namespace}
     first = make_gateway(store=store, storage=storage, **shared)
-    second = make_gateway(store=RedisJobStore(store.redis_url, settings), storage=storage, **shared)
+    second = make_gateway(store=RedisJobStore(settings.redis, settings.limits), storage=storage, **shared)
     codes = [
         gateway.client.post("/v1/generate", json={"class_label": 1}, headers=headers("acme")).status_code
         for gateway in (first, second, first, second)

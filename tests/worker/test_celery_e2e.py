@@ -110,9 +110,9 @@ class Cluster:
 
     def __init__(self, env: dict[str, str], settings: Settings, workdir: Path) -> None:
         self.env, self.settings, self.workdir = env, settings, workdir
-        self.store = RedisJobStore(settings.redis.url, settings)
+        self.store = RedisJobStore(settings.redis, settings.limits)
         self.queue = CeleryJobQueue(settings)
-        self.storage = S3Storage(settings)
+        self.storage = S3Storage(settings.storage)
         self.workers: dict[str, WorkerProcess] = {}
 
     def spawn(self, name: str, queues: str = "generate,webhooks") -> WorkerProcess:
@@ -336,7 +336,7 @@ def test_webhook_delivered_signed_after_a_failed_attempt(
     assert live.wait_terminal(job.id).status is JobStatus.succeeded
     (first_headers, _), (headers, body) = webhook_receiver.wait_for(2, timeout_s=30)
     assert first_headers["webhook-id"] == headers["webhook-id"]  # one event, retried
-    secret = secret_for_tenant("acme", live.settings)
+    secret = secret_for_tenant("acme", live.settings.webhooks, live.settings.process.data_dir)
     assert verify(secret, headers, body)
     assert not verify(secret, headers, body.replace(b"succeeded", b"failed"))
     event = json.loads(body)
@@ -383,9 +383,9 @@ def test_poison_job_is_dead_lettered_then_replayable(
 
     final = wait_for(dead_lettered, 120, f"the poison job to be dead-lettered; logs:\n{live.logs()}")
     assert final.status is JobStatus.failed and final.error.reason == "dead_lettered", final.error
-    assert "died 2 times" in final.error.message
-    records = {d["job_id"]: d for d in live.store.list_dead_letters()}
-    assert records[job.id]["deliveries"] == 2 and records[job.id]["tenant"] == "acme"
+    assert "delivered 2 times" in final.error.message
+    records = {d.job_id: d for d in live.store.list_dead_letters()}
+    assert records[job.id].deliveries == 2 and records[job.id].tenant == "acme"
     live.ensure_running()
     # The operator fixes the cause (here: the stored request), then replays through the admin API: the
     # failed original stays failed, its request runs again as a new job.

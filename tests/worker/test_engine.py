@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model.errors import GenerationCanceled, InvalidInputError
-from worker.engine import AdapterSpec, Engine, GenerationRequest, UnknownModelError
+from worker.engine import AdapterSpec, Engine, GenerationRequest, UnknownModelError, warm_up
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def engine(tiny_pipeline: Any) -> Iterator[Engine]:
 def test_progress_reports_every_step_with_eta(engine: Engine) -> None:
     seen: list[tuple[int, int, float | None]] = []
     result = engine.run(
-        GenerationRequest(class_label=2, num_images=2, steps=5, seed=7),
+        GenerationRequest(class_label=2, n=2, steps=5, seed=7),
         on_progress=lambda step, total, eta: seen.append((step, total, eta)),
     )
     assert [step for step, _, _ in seen] == [1, 2, 3, 4, 5]
@@ -81,7 +81,7 @@ def test_bad_requests_raise_invalid_input(engine: Engine) -> None:
 
 def test_warmup_sets_ready_and_exclusive_runs_on_engine_thread(engine: Engine) -> None:
     assert not engine.ready
-    assert engine.warmup() > 0
+    assert warm_up(engine) > 0
     assert engine.ready
     names = engine.run_exclusive(None, lambda pipe: (threading.current_thread().name, pipe.num_classes))
     assert names == ("fae-engine", 10)

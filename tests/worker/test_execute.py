@@ -1,4 +1,4 @@
-"""execute_job, the reaper and the embedded runner on the memory job store and local storage (no servers)."""
+"""Job delivery by kind, the reaper and the embedded runner on the memory job store and local storage (no servers)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from core.storage import LocalStorage
 from core.webhooks import secret_for_tenant, verify
 from worker.embedded_queue import InProcessJobQueue
 from worker.engine import Engine, EngineHooks
-from worker.execute import ProgressWriter, Throttled, execute_job
+from worker.jobs import execute_job
+from worker.jobs.common import JobContext, ProgressWriter, Throttled, make_worker_id
 from worker.leases import reap_once
 
 Submit = Callable[[JobStore, Job], Job]
@@ -44,7 +45,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings) -> MemoryJobStore:
-    return MemoryJobStore(settings)
+    return MemoryJobStore(settings.limits)
 
 
 @pytest.fixture
@@ -59,6 +60,18 @@ def engine(tiny_pipeline: Any) -> Iterator[Engine]:
         yield engine
     finally:
         engine.close()
+
+
+def execute(
+    job_id: str,
+    store: JobStore,
+    storage: LocalStorage,
+    engine: Engine,
+    settings: Settings,
+    on_terminal: Callable[[Job], None] | None = None,
+) -> Job | None:
+    """One delivery, as a fresh worker makes it."""
+    return execute_job(job_id, JobContext(store, storage, engine, settings, make_worker_id(), on_terminal))
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -78,7 +91,7 @@ def test_generate_job_succeeds_with_outputs_in_storage(
 ) -> None:  # fmt: skip
     job = submit(store, generate_job(n=2, steps=3, seed=40, output_format=fmt))
     terminal: list[Job] = []
-    final = execute_job(job.id, store, storage, engine, settings, on_terminal=terminal.append)
+    final = execute(job.id, store, storage, engine, settings, on_terminal=terminal.append)
     assert final is not None and final.status is JobStatus.succeeded, final
     assert terminal == [final]
     assert final.seeds == [40, 41] and final.attempts == 1 and final.model == "tiny"
@@ -96,14 +109,14 @@ def test_bad_input_fails_with_an_actionable_reason(
     generate_job: Callable[..., Job], submit: Submit,
 ) -> None:  # fmt: skip
     out_of_range = submit(store, generate_job(class_label=99))
-    final = execute_job(out_of_range.id, store, storage, engine, settings)
+    final = execute(out_of_range.id, store, storage, engine, settings)
     assert final.status is JobStatus.failed and final.error.reason == "invalid_input"
     assert "class label 99 is out of range" in final.error.message
     unknown_model = submit(store, generate_job(model="nope"))
-    final = execute_job(unknown_model.id, store, storage, engine, settings)
+    final = execute(unknown_model.id, store, storage, engine, settings)
     assert final.error.reason == "invalid_input" and "unknown model 'nope'" in final.error.message
     unknown_adapter = submit(store, generate_job(adapter="ghost"))
-    final = execute_job(unknown_adapter.id, store, storage, engine, settings)
+    final = execute(unknown_adapter.id, store, storage, engine, settings)
     assert final.error.reason == "invalid_input" and "adapter 'ghost' does not exist" in final.error.message
     assert storage.list("tenants/") == []
 
@@ -112,15 +125,15 @@ def test_terminal_unknown_and_leased_deliveries_are_dropped(
     store: JobStore, storage: LocalStorage, engine: Engine, settings: Settings,
     generate_job: Callable[..., Job], submit: Submit,
 ) -> None:  # fmt: skip
-    assert execute_job("no-such-job", store, storage, engine, settings) is None
+    assert execute("no-such-job", store, storage, engine, settings) is None
     canceled = submit(store, generate_job())
     store.request_cancel(canceled.id)  # queued: canceled at once by the gateway
-    assert execute_job(canceled.id, store, storage, engine, settings) is None
+    assert execute(canceled.id, store, storage, engine, settings) is None
     assert store.get(canceled.id).status is JobStatus.canceled
     assert store.get(canceled.id).attempts == 0  # skipped, never ran
     leased = submit(store, generate_job())
     assert store.acquire_lease(leased.id, "other-worker", 30)
-    assert execute_job(leased.id, store, storage, engine, settings) is None
+    assert execute(leased.id, store, storage, engine, settings) is None
     assert store.get(leased.id).status is JobStatus.queued
     assert store.record_delivery(leased.id) == 1  # the dropped delivery was not counted
     assert storage.list("tenants/") == []
@@ -133,9 +146,7 @@ def test_cancel_a_running_job_between_steps(
     engine = Engine({"tiny": tiny_pipeline}, hooks=EngineHooks(step_delay_s=0.01))
     job = submit(store, generate_job(steps=250))
     result: list[Job] = []
-    thread = threading.Thread(
-        target=lambda: result.append(execute_job(job.id, store, storage, engine, settings))
-    )
+    thread = threading.Thread(target=lambda: result.append(execute(job.id, store, storage, engine, settings)))
     thread.start()
     wait_for(lambda: store.get(job.id).progress.step >= 2, what="the job to take steps")
     store.request_cancel(job.id)
@@ -155,10 +166,10 @@ def test_delivery_past_the_limit_is_dead_lettered(
     for _ in range(settings.worker.max_deliveries):  # earlier deliveries that died before finishing
         store.record_delivery(job.id)
     terminal: list[Job] = []
-    final = execute_job(job.id, store, storage, engine, settings, on_terminal=terminal.append)
+    final = execute(job.id, store, storage, engine, settings, on_terminal=terminal.append)
     assert final.status is JobStatus.failed and final.error.reason == "dead_lettered"
     assert "delivered 3 times" in final.error.message and terminal == [final]
-    assert [(d["job_id"], d["deliveries"]) for d in store.list_dead_letters()] == [(job.id, 3)]
+    assert [(d.job_id, d.deliveries) for d in store.list_dead_letters()] == [(job.id, 3)]
     assert storage.list("tenants/") == []
 
 
@@ -177,16 +188,16 @@ def test_reaper_requeues_then_dead_letters_jobs_whose_lease_ran_out(
         time.sleep(0.1)
 
     start_and_die()
-    report = reap_once(store, settings, requeued.append, terminal.append)
+    report = reap_once(store, settings.worker, requeued.append, terminal.append)
     assert report.requeued == [job.id] and [j.status for j in requeued] == [JobStatus.queued]
     assert store.get(job.id).status is JobStatus.queued and store.queue_depth(JobKind.generate) == 1
     start_and_die()
-    report = reap_once(store, settings, requeued.append, terminal.append)
+    report = reap_once(store, settings.worker, requeued.append, terminal.append)
     assert report.dead_lettered == [job.id] and len(requeued) == 1
     final = store.get(job.id)
     assert final.status is JobStatus.failed and final.error.reason == "dead_lettered"
     assert terminal == [final]
-    assert reap_once(store, settings, requeued.append).requeued == []  # nothing left to reap
+    assert reap_once(store, settings.worker, requeued.append).requeued == []  # nothing left to reap
 
 
 def test_live_lease_is_not_reaped(
@@ -195,7 +206,7 @@ def test_live_lease_is_not_reaped(
     job = submit(store, generate_job())
     store.acquire_lease(job.id, "alive", 30)
     store.transition(job.id, JobStatus.running)
-    assert reap_once(store, settings, lambda j: None).requeued == []
+    assert reap_once(store, settings.worker, lambda j: None).requeued == []
     assert store.get(job.id).status is JobStatus.running
 
 
@@ -239,43 +250,22 @@ def test_finetune_job_trains_an_adapter_that_generate_uses(
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
         storage.put_bytes(f"{dataset_key('acme', job.id)}img{i}.png", buffer.getvalue(), "image/png")
     store.create(job)
-    final = execute_job(job.id, store, storage, engine, settings)
+    final = execute(job.id, store, storage, engine, settings)
     assert final.status is JobStatus.succeeded, final.error
     assert final.adapter_id == job.id and final.progress.step == final.progress.total == 3
     assert final.progress.loss is not None
     record = store.get_adapter("acme", job.id)
-    assert (
-        record["key"] == adapter_key("acme", job.id)
-        and record["model"] == "tiny"
-        and record["name"] == "brand"
-    )
-    assert storage.list(record["key"])  # the adapter files are in storage
+    assert record.key == adapter_key("acme", job.id) and record.model == "tiny" and record.name == "brand"
+    assert storage.list(record.key)  # the adapter files are in storage
     assert store.get_adapter("other-tenant", job.id) is None
 
-    plain = execute_job(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
+    plain = execute(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
     tuned = submit(store, generate_job(seed=3, steps=3, adapter=job.id))
-    tuned = execute_job(tuned.id, store, storage, engine, settings)
+    tuned = execute(tuned.id, store, storage, engine, settings)
     assert tuned.status is JobStatus.succeeded, tuned.error
     assert storage.get_bytes(tuned.outputs[0].key) != storage.get_bytes(plain.outputs[0].key)
-    again = execute_job(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
+    again = execute(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
     assert storage.get_bytes(again.outputs[0].key) == storage.get_bytes(plain.outputs[0].key)  # unloaded
-
-
-def test_finetune_on_a_worker_without_training_code_fails_not_implemented(
-    store: JobStore,
-    storage: LocalStorage,
-    engine: Engine,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "model.training.lora", None)  # what an older model stack looks like
-    job = finetune_job()
-    store.create(job)
-    final = execute_job(job.id, store, storage, engine, settings)
-    assert final.status is JobStatus.failed and final.error.reason == "not_implemented"
-    assert "model.training.lora" in final.error.message
 
 
 def test_finetune_with_an_empty_dataset_fails_with_invalid_input(
@@ -283,7 +273,7 @@ def test_finetune_with_an_empty_dataset_fails_with_invalid_input(
 ) -> None:
     job = finetune_job()
     store.create(job)
-    final = execute_job(job.id, store, storage, engine, settings)
+    final = execute(job.id, store, storage, engine, settings)
     assert final.status is JobStatus.failed and final.error.reason == "invalid_input"
     assert "is empty" in final.error.message
 
@@ -326,7 +316,7 @@ def test_embedded_runner_runs_jobs_and_retries_webhooks(
         assert runner.ready and runner.depth("generate") == 0
         assert len(storage.list("tenants/acme/jobs/")) == 2
         requests = webhook_receiver.wait_for(3)  # one 503, then both delivered
-        secret = secret_for_tenant("acme", settings)
+        secret = secret_for_tenant("acme", settings.webhooks, settings.process.data_dir)
         delivered = {
             json.loads(body)["data"]["id"] for headers, body in requests[1:] if verify(secret, headers, body)
         }

@@ -35,7 +35,7 @@ def settings(redis_server: Any) -> Settings:
 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[RedisJobStore]:
-    store = RedisJobStore(settings.redis.url, settings)
+    store = RedisJobStore(settings.redis, settings.limits)
     try:
         yield store
     finally:
@@ -72,11 +72,11 @@ def test_only_one_reaper_acts_at_a_time(
     holder = reaper_lock(settings)
     assert holder.acquire()
     try:
-        report = reap_once(store, settings, requeued.append, lock=reaper_lock(settings))
+        report = reap_once(store, settings.worker, requeued.append, lock=reaper_lock(settings))
         assert report.skipped and requeued == [] and store.get(job.id).status is JobStatus.running
     finally:
         holder.release()
-    report = reap_once(store, settings, requeued.append, lock=reaper_lock(settings))
+    report = reap_once(store, settings.worker, requeued.append, lock=reaper_lock(settings))
     assert not report.skipped and [j.id for j in requeued] == [job.id]
 
 

@@ -1,11 +1,11 @@
-"""demo.metrics: the Fréchet distance against closed forms, retrieval and chance on synthetic features."""
+"""demo.feature_stats: the Fréchet distance against closed forms, retrieval and chance on synthetic features."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from demo.metrics import (
+from demo.feature_stats import (
     chance_rate,
     distance_summary,
     frechet_distance,

@@ -9,7 +9,7 @@ from core.settings import Settings
 from core.storage import Storage, presign_outputs
 from core.webhooks import deliver, retry_delay_s, secret_for_tenant
 
-log = logging.getLogger("fae.worker.webhooks")
+log = logging.getLogger(__name__)
 
 
 def attempt_delivery(
@@ -21,7 +21,8 @@ def attempt_delivery(
         return None
     context = {"job_id": job.id, "tenant": job.tenant, "attempt": attempt}
     job = presign_outputs(job, storage, settings.storage.presign_expiry_s)
-    outcome = deliver(job, job.webhook_url, secret_for_tenant(job.tenant, settings), settings)
+    secret = secret_for_tenant(job.tenant, settings.webhooks, settings.process.data_dir)
+    outcome = deliver(job, job.webhook_url, secret, settings.webhooks)
     if not outcome.retryable:
         return None
     if attempt >= settings.webhooks.max_attempts:

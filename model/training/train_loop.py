@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InvalidInputError, TrainingCanceled
 from .checkpoints import CheckpointStore
-from .progress import CancelCheck, ProgressCallback, ProgressReporter
+from .progress import CancelCheck, ProgressReporter, TrainingProgressCallback
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -123,7 +123,7 @@ class LoopOptions:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     resume: bool = False
-    progress_callback: ProgressCallback | None = None
+    progress_callback: TrainingProgressCallback | None = None
     cancel_check: CancelCheck | None = None
     show_progress: bool | None = None
 

@@ -3,24 +3,17 @@
 The training itself belongs to the model stack. This module fetches the dataset from storage (the gateway's
 upload under ``contract.dataset_key``, or the caller's ``s3_prefix``), runs the trainer on the engine thread
 (it trains a copy of the generator, so the served model is untouched), uploads the adapter directory under
-``contract.adapter_key`` and registers the adapter, so ``/v1/generate`` can use it at once. A worker whose
-model stack has no ``model.training.lora`` fails the job with reason ``not_implemented``.
+``contract.adapter_key`` and registers the adapter, so ``/v1/generate`` can use it at once.
 """
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import time
-from collections.abc import Callable
 from typing import Any
 
-from core.contract import FinetuneParams, Job, adapter_key, dataset_key
-from core.jobstore import JobStore
-from core.settings import Settings
-from core.storage import Storage
-from worker.engine import Engine
-from worker.execute import JobFailure, ProgressWriter, Throttled
+from core.contract import AdapterRecord, FinetuneParams, Job, adapter_key, dataset_key
+from worker.jobs.common import JobContext, JobFailure, ProgressWriter, StopCheck, Throttled
 from worker.scratch import fetch_prefix, scratch_path
 
 # What the trainer's report adds to the adapter record (the rest stays in the worker's log).
@@ -33,34 +26,13 @@ ADAPTER_REPORT_KEYS = (
 )
 
 
-def load_trainer() -> Callable[..., Any]:
-    try:
-        module = importlib.import_module("model.training.lora")
-    except ImportError as exc:
-        if exc.name not in ("model.training.lora", "model"):
-            raise  # model.training.lora exists but something it needs is missing: a real error
-        module = None
-    trainer = getattr(module, "run_finetune", None)
-    if trainer is None:
-        raise JobFailure(
-            "not_implemented",
-            "fine-tuning is not available in this worker build yet (the model stack has no "
-            "model.training.lora.run_finetune); the job was not run. Retry once the operator deploys a worker "
-            "that supports fine-tuning",
-        )
-    return trainer
-
-
-def run_finetune_job(
-    job: Job,
-    store: JobStore,
-    storage: Storage,
-    engine: Engine,
-    settings: Settings,
-    should_stop: Callable[[], bool],
+def run_finetune(
+    job: Job, ctx: JobContext, should_stop: StopCheck, timings: dict[str, float]
 ) -> dict[str, Any]:
-    """Train an adapter for the job; the fields to record on the succeeded job."""
-    trainer = load_trainer()
+    """Train an adapter for the job; the fields to record on the succeeded job (``timings``: none of its own)."""
+    from model.training.lora import run_finetune as trainer  # torch-heavy: only when a fine-tune runs
+
+    store, storage, engine, settings = ctx.store, ctx.storage, ctx.engine, ctx.settings
     known = {k: v for k, v in job.request.items() if k in FinetuneParams.model_fields}
     params = FinetuneParams.model_validate(known)
     adapter_id = job.id  # one fine-tune, one adapter: the id is stable across redeliveries
@@ -88,9 +60,7 @@ def run_finetune_job(
                 rank=params.rank,
                 learning_rate=params.learning_rate,
                 trigger_phrase=params.trigger_phrase,
-                progress_callback=lambda step, total, eta_s=None, loss=None, **_: progress(
-                    step, total, eta_s, loss
-                ),
+                progress_callback=progress,
                 cancel_check=cancel,
                 work_dir=workdir / "work",
             )
@@ -101,19 +71,21 @@ def run_finetune_job(
         for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
             storage.put_file(adapter_prefix + path.relative_to(output_dir).as_posix(), path)
         store.put_adapter(
-            {
-                "id": adapter_id,
-                "tenant": job.tenant,
-                "model": engine.resolve_model(job.model or params.model),
-                "name": params.name,
-                "key": adapter_prefix,
-                "job_id": job.id,
-                "rank": params.rank,
-                "steps": params.steps,
-                "trigger_phrase": params.trigger_phrase,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **{k: report[k] for k in ADAPTER_REPORT_KEYS if k in report},
-            }
+            AdapterRecord.model_validate(
+                {
+                    "id": adapter_id,
+                    "tenant": job.tenant,
+                    "model": engine.resolve_model(job.model or params.model),
+                    "name": params.name,
+                    "key": adapter_prefix,
+                    "job_id": job.id,
+                    "rank": params.rank,
+                    "steps": params.steps,
+                    "trigger_phrase": params.trigger_phrase,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    **{k: report[k] for k in ADAPTER_REPORT_KEYS if k in report},
+                }
+            )
         )
         return {"adapter_id": adapter_id}
     finally:

@@ -8,8 +8,8 @@ blocks run. Loading an adapter copies its matrices into a free slot in place (ra
 so the tensors a compiled graph or a captured CUDA graph reads never move or change shape: switching, adding
 and mixing adapters costs a copy, never a recompile. Slot 0 is "no adapter" (all zeros).
 
-The adapter files are the ones `model/adapters.py` reads and checks (same format, same base-model check); the
-peft path there stays for training and for `FAEPipeline.load_adapter`. One generator uses one path or the
+The adapter files are the ones `format.py` reads and checks (same format, same base-model check); the peft
+path (`peft_cache.py`) stays for training and for `FAEPipeline.load_adapter`. One generator uses one path or the
 other: peft cannot wrap a slotted layer (`strip_lora` unwraps both, e.g. on the copy a fine-tune trains). Attach after the generator is on its device and dtype (moving it
 afterwards would give each layer its own copy of the shared index), and do not save a slotted generator.
 """
@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import AdapterError, InvalidInputError
+from ..errors import AdapterError, InvalidInputError
+from ..fingerprint import module_fingerprint
+from .format import TARGET_MODULES, check_fits, check_scale, file_signature, read_adapter
 
 # The generator's buffer holding each batch row's slot (shared with every SlotLoRALinear).
 SLOT_INDEX = "adapter_slot_index"
@@ -86,7 +88,7 @@ def route_adapter_slots(generator: nn.Module, adapter_slots: torch.Tensor | None
         if adapter_slots is not None and bool((adapter_slots != NO_ADAPTER).any()):
             raise InvalidInputError(
                 "adapter_slots selects adapters, but this generator has no adapter slots attached "
-                "(model.lora_slots.AdapterSlots.attach)"
+                "(model.adapters.AdapterSlots.attach)"
             )
         return
     if batch > index.shape[0]:
@@ -142,14 +144,13 @@ class AdapterSlots:
         cls, generator: nn.Module, num_slots: int = 8, max_rank: int = 32, max_batch: int = 256
     ) -> AdapterSlots:
         """Wrap the generator's adapted projections in place; returns its slot manager."""
-        from .adapters import TARGET_MODULES, lora_layers
-        from .fingerprint import module_fingerprint
+        from peft.tuners.lora import LoraLayer  # only to refuse peft-wrapped generators: keep peft off import
 
         if num_slots < 2 or max_rank < 1 or max_batch < 1:
             raise ValueError(
                 "adapter slots need num_slots >= 2 (slot 0 is 'no adapter'), max_rank and max_batch >= 1"
             )
-        if has_adapter_slots(generator) or lora_layers(generator):
+        if has_adapter_slots(generator) or any(isinstance(m, LoraLayer) for m in generator.modules()):
             raise AdapterError(
                 "this generator already carries LoRA layers (slots or peft): attach to a clean one"
             )
@@ -187,8 +188,6 @@ class AdapterSlots:
 
         Each (adapter id, scale) pair has its own slot, so a running sample's adapter never changes under it.
         """
-        from .adapters import _check_fits, check_scale, file_signature, read_adapter
-
         scale = check_scale(scale)
         with self._lock:
             signature = file_signature(path)
@@ -198,7 +197,7 @@ class AdapterSlots:
                 adapter_id = adapter_id or f"adapter-{files.content_hash[:16]}"
                 slot = self.slot_of(adapter_id, scale)
                 if slot is None or self._slots[slot].content_hash != files.content_hash:
-                    _check_fits(self.generator, files, self.base_fingerprint)
+                    check_fits(self.generator, files, self.base_fingerprint)
                     unslotted = [m for m in files.config["modules"] if m not in self.layers]
                     if unslotted:
                         raise AdapterError(f"the adapter adapts {unslotted[:3]}, which have no adapter slots")

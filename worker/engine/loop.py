@@ -1,13 +1,10 @@
-"""The generation engine: it owns the loaded pipelines and is the only code that calls the model.
+"""The engine loop: one thread owns the device and runs every submitted request on it.
 
-Callers ``submit`` a :class:`GenerationRequest` and get a :class:`GenerationHandle` back; one engine thread
-owns the device and runs what was submitted. Today it runs one request at a time; the step-level batching
-issue replaces ``_run_one`` with a loop that keeps a set of active samples and runs one generator forward over
-all of them per step (the model stack's ``model.engine.DenoisingEngine``), without changing this API:
-handles, progress and cancel callbacks stay as they are.
-
-Test-only behaviour is an :class:`EngineHooks` object, never a setting: tests pass one to the constructor, or
-install one with :func:`install_test_hooks` in a worker process they start themselves.
+Callers ``submit`` a :class:`GenerationRequest` and get a :class:`GenerationHandle` back. Between denoising
+steps the thread admits what was submitted into groups (jobs that can share a generator call) and steps each
+group once, through the model stack's ``DenoisingBatcher``; ``run_exclusive`` gives a function
+(fine-tuning, warm-up) the device to itself. Without adapter slots, a job whose adapter would evict one that a
+running group uses waits until that group finishes. Building an engine from settings is ``loading``'s job.
 """
 
 from __future__ import annotations
@@ -22,118 +19,24 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from core import metrics
-from core.contract import GenerateRequest
-from core.settings import Settings
-from model.errors import GenerationCanceled, InvalidInputError
+from model.errors import GenerationCanceled
+from worker.engine.interface import (
+    AdapterSpec,
+    CancelCheck,
+    EngineHooks,
+    GenerationHandle,
+    GenerationRequest,
+    GenerationResult,
+    ProgressCallback,
+    UnknownModelError,
+)
 
-log = logging.getLogger("fae.worker.engine")
+log = logging.getLogger(__name__)
 
-# step, total, eta in seconds (None until a step time is known)
-ProgressCallback = Callable[[int, int, float | None], None]
-CancelCheck = Callable[[], bool]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EngineHooks:
-    """Test-only behaviour: ``crash_on_prompt`` SIGKILLs the process when a request's prompt equals it (a poison
-    job); ``step_delay_s`` sleeps after every denoising step (so a test can act on a job mid-flight)."""
-
-    crash_on_prompt: str = ""
-    step_delay_s: float = 0.0
-
-
-_installed_hooks = EngineHooks()
-
-
-def install_test_hooks(hooks: EngineHooks) -> None:
-    """Make every engine this process builds from settings use ``hooks`` (test worker launchers only)."""
-    global _installed_hooks
-    _installed_hooks = hooks
-
-
-class UnknownModelError(InvalidInputError):
-    """The request names a model this worker does not serve."""
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    adapter_id: str
-    local_dir: Path
-    scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    model: str | None = None  # None: the engine's default model
-    prompt: str | None = None
-    class_label: int | None = None
-    num_images: int = 1
-    steps: int = 50
-    guidance_scale: float = 1.0
-    guidance_schedule: str = "constant"
-    seed: int | None = None
-    sampler: str = "euler"
-    adapter: AdapterSpec | None = None
-
-    @classmethod
-    def from_api(cls, request: GenerateRequest, adapter: AdapterSpec | None = None) -> GenerationRequest:
-        return cls(
-            model=request.model,
-            prompt=request.prompt,
-            class_label=request.class_label,
-            num_images=request.n,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            guidance_schedule=request.guidance_schedule,
-            seed=request.seed,
-            sampler=request.sampler,
-            adapter=adapter,
-        )
-
-
-@dataclass
-class GenerationResult:
-    model: str
-    images: list[Any]  # PIL images
-    seeds: list[int]
-    denoise_s: float
-    decode_s: float
-    steps_run: int
-
-
-@dataclass
-class GenerationHandle:
-    """A submitted request: wait on it with ``result()``, stop it with ``cancel()``."""
-
-    request: GenerationRequest
-    model: str
-    on_progress: ProgressCallback | None = None
-    should_cancel: CancelCheck | None = None
-    _future: Future[GenerationResult] = field(default_factory=Future, repr=False)
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def cancel_requested(self) -> bool:
-        if self._cancel.is_set():
-            return True
-        if self.should_cancel is not None and self.should_cancel():
-            self._cancel.set()
-            return True
-        return False
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """The result; raises what generation raised (``GenerationCanceled``, ``InvalidInputError``...)."""
-        return self._future.result(timeout)
 
 
 class Engine:
@@ -153,7 +56,7 @@ class Engine:
     ) -> None:
         """`accelerated`: per model, compiled and bucketed forwards from `model.compiled.accelerate_pipeline`
         (generator, feature_decoder, pixel_decoder); models without one run eagerly. `adapter_slots` > 0
-        attaches that many LoRA slots to every generator (model/lora_slots.py): jobs with different adapters
+        attaches that many LoRA slots to every generator (model/adapters/slots.py): jobs with different adapters
         then share one batch; 0 keeps peft (one active adapter, one group per adapter)."""
         if not pipelines:
             raise ValueError("an engine needs at least one pipeline")
@@ -166,9 +69,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         self._fast: dict[str, Mapping[str, Any]] = dict(accelerated or {})
         self._pending: queue.Queue[GenerationHandle | _Exclusive | None] = queue.Queue()
-        self._slots: dict[str, Any] = {}  # model -> model.lora_slots.AdapterSlots
+        self._slots: dict[str, Any] = {}  # model -> model.adapters.AdapterSlots
         if adapter_slots > 0:
-            from model.lora_slots import AdapterSlots
+            from model.adapters import AdapterSlots
             from model.pipeline import MAX_IMAGES_PER_CALL
 
             # Rows per generator call: a batch's conditional plus unconditional rows (a bucket never exceeds
@@ -183,50 +86,15 @@ class Engine:
         self._lock = threading.Lock()
         self.ready = False
 
-    # --- construction --------------------------------------------------------------------------------
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Engine:
-        """Load every configured model onto the configured device (no warm-up: call ``warmup``)."""
-        from model.compiled import accelerate_pipeline, configure_compile_cache
-        from model.devices import resolve_device, resolve_dtype
-        from model.loading import load_pipeline  # heavy: imported only where models load
-
-        dirs = settings.catalog.model_dirs()
-        if not dirs:
-            raise ValueError("no models configured: set FAE_MODELS=name=/path/to/model[,name2=...]")
-        device, dtype = str(resolve_device(settings.engine.device)), resolve_dtype(settings.engine.dtype)
-        pipelines: dict[str, Any] = {}
-        for name, path in dirs.items():
-            started = time.perf_counter()
-            pipelines[name] = load_pipeline(path, device=device, dtype=dtype)
-            seconds = round(time.perf_counter() - started, 3)
-            log.info(
-                "model loaded", extra={"model": name, "path": str(path), "device": device, "seconds": seconds}
-            )
-        accelerated: dict[str, Any] = {}
-        if settings.engine.compile or settings.engine.cuda_graphs:
-            configure_compile_cache(settings.engine.compile_cache_dir)
-            # Guidance can double a batch's rows: buckets reach twice the sample limit.
-            buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= 2 * settings.engine.max_batch_size]
-            for name, pipe in pipelines.items():
-                accelerated[name] = accelerate_pipeline(
-                    pipe, buckets, compile=settings.engine.compile, cuda_graphs=settings.engine.cuda_graphs
-                )
-        return cls(
-            pipelines,
-            max_batch_size=settings.engine.max_batch_size,
-            accelerated=accelerated,
-            default_model=settings.catalog.default_model or None,
-            device=device,
-            hooks=_installed_hooks,
-            adapter_slots=settings.engine.adapter_slots,
-            adapter_max_rank=settings.engine.adapter_max_rank,
-        )
-
     # --- public API ----------------------------------------------------------------------------------
     @property
     def models(self) -> list[str]:
         return list(self._pipelines)
+
+    @property
+    def accelerated(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per model, its compiled forwards (warm-up compiles and captures them before the first job)."""
+        return self._fast
 
     def pipeline(self, model: str | None = None) -> Any:
         return self._pipelines[self.resolve_model(model)]
@@ -263,40 +131,6 @@ class Engine:
         self.start()
         self._pending.put(call)
         return call.future.result()
-
-    def warmup(self) -> float:
-        """Compile and capture every batch bucket, then one tiny generation per model, so the first real job
-        pays no first-call costs; sets ``ready``."""
-        from model.compiled import warm_accelerated
-
-        started = time.perf_counter()
-        for name, fast in self._fast.items():
-            self.run_exclusive(name, lambda pipe, fast=fast: warm_accelerated(pipe, fast))
-        for name, pipe in self._pipelines.items():
-            text = getattr(pipe, "condition_type", "class") == "text"
-            condition: dict[str, Any] = {"prompt": "warm-up"} if text else {"class_label": 0}
-            self.run(GenerationRequest(model=name, num_images=1, steps=2, seed=0, **condition))
-        self.ready = True
-        return time.perf_counter() - started
-
-    @classmethod
-    def load_and_warm(cls, settings: Settings) -> Engine:
-        """``from_settings`` then ``warmup``; the total time goes to fae_model_warmup_seconds."""
-        started = time.perf_counter()
-        engine = cls.from_settings(settings)
-        warmup_s = engine.warmup()
-        total_s = time.perf_counter() - started
-        metrics.MODEL_WARMUP_SECONDS.set(total_s)
-        log.info(
-            "engine ready",
-            extra={
-                "models": engine.models,
-                "device": engine.device,
-                "seconds": round(total_s, 3),
-                "warmup_seconds": round(warmup_s, 3),
-            },
-        )
-        return engine
 
     def start(self) -> None:
         with self._lock:
@@ -377,8 +211,8 @@ class Engine:
         self, handle: GenerationHandle, groups: dict[tuple[str, str | None, float], _Group]
     ) -> None:
         """Prepare a running job's samples (loading its adapter) and add them to its group's batch."""
-        from model.engine import DenoisingEngine, EngineJob
-        from model.lora_slots import NO_ADAPTER, AdapterSlotsFull
+        from model.adapters import NO_ADAPTER, AdapterSlotsFull
+        from model.batching import DenoisingBatcher, DenoisingJob
 
         if handle.cancel_requested():
             handle._future.set_exception(GenerationCanceled("canceled before generation started"))
@@ -396,18 +230,7 @@ class Engine:
             elif request.adapter is not None:  # the slot selects the adapter per sample: no peft activation
                 spec = request.adapter
                 slot = slots.load(spec.local_dir, spec.adapter_id, spec.scale)
-            samples = pipe.prepare_samples(
-                request.prompt,
-                request.class_label,
-                request.num_images,
-                request.steps,
-                request.guidance_scale,
-                request.guidance_schedule,
-                request.seed,
-                request.sampler,
-                key=id(handle),
-                adapter_slot=slot,
-            )
+            samples = _prepare_samples(pipe, request, key=id(handle), adapter_slot=slot)
         except AdapterSlotsFull as exc:
             if groups:  # running jobs hold every slot: try again after the next round of steps
                 self._deferred.append(handle)
@@ -424,7 +247,7 @@ class Engine:
         group = groups.get(group_key)
         if group is None:
             forward = self._fast.get(handle.model) if adapter_id is None else None
-            engine = DenoisingEngine(
+            engine = DenoisingBatcher(
                 pipe,
                 forward=forward["generator"] if forward else None,
                 max_batch_size=self.max_batch_size,
@@ -434,7 +257,7 @@ class Engine:
         clock = _StepClock()
         group.handles[id(handle)] = (handle, clock)
         group.slots[id(handle)] = slot
-        group.engine.add(EngineJob(id(handle), samples, on_step=partial(self._on_step, handle, clock)))
+        group.engine.add(DenoisingJob(id(handle), samples, on_step=partial(self._on_step, handle, clock)))
 
     def _on_step(self, handle: GenerationHandle, clock: _StepClock, step: int, total: int) -> bool:
         clock.tick()
@@ -535,6 +358,22 @@ class Engine:
         return pipe.load_adapter(str(adapter.local_dir), adapter_id=adapter.adapter_id, scale=adapter.scale)
 
 
+def _prepare_samples(pipe: Any, request: GenerationRequest, key: int, adapter_slot: int) -> list[Any]:
+    """The one translation from the job contract's names to the pipeline's (diffusers') names."""
+    return pipe.prepare_samples(
+        prompt=request.prompt,
+        class_labels=request.class_label,
+        num_images=request.n,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        guidance_schedule=request.guidance_schedule,
+        seed=request.seed,
+        sampler=request.sampler,
+        key=key,
+        adapter_slot=adapter_slot,
+    )
+
+
 @dataclass
 class _Group:
     """Jobs that share generator calls: one model, and without adapter slots one adapter at one scale."""
@@ -542,7 +381,7 @@ class _Group:
     model: str
     adapter_id: str | None
     scale: float
-    engine: Any  # model.engine.DenoisingEngine (torch is imported only on the engine thread's side)
+    engine: Any  # the model stack's DenoisingBatcher (torch is imported only on the engine thread's side)
     handles: dict[int, tuple[GenerationHandle, _StepClock]] = field(default_factory=dict)
     slots: dict[int, int] = field(default_factory=dict)  # job -> the adapter slot its samples hold
 

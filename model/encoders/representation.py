@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model.encoders.common import FrozenComponent
+from model.encoders.frozen import FrozenComponent
 from model.errors import InvalidInputError
 
 # Values a little outside [0, 1] (resampling overshoot, float noise) pass; [-1, 1] or [0, 255] images do not.

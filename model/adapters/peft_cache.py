@@ -1,11 +1,4 @@
-"""LoRA adapters for the generator: the on-disk format, and an in-memory LRU of adapters on a running pipeline.
-
-Format (a directory, written atomically by the fine-tune):
-- `adapter.safetensors`: per adapted module `M`, `M.lora_A.weight` (rank × in) and `M.lora_B.weight`
-  (out × rank); the module's output becomes W·x + scale · (alpha / rank) · B·A·x. Plain matrices, so that an
-  engine other than peft (e.g. fixed-rank buffers swapped in place) can load them.
-- `adapter_config.json`: format, rank, alpha, module names, the base generator's fingerprint (weights +
-  config) and how it was trained (trigger phrase, class label mode, steps...).
+"""LoRA adapters through peft: injected into the generator, for training and `FAEPipeline.load_adapter`.
 
 On a pipeline, adapters are injected with peft under their adapter id and kept (up to `capacity`, least
 recently used evicted first); at most one is active. Deactivating one leaves every adapted layer computing
@@ -16,13 +9,10 @@ otherwise the generator's weights are saved under peft's wrapped names.)
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +20,28 @@ import torch
 from peft import LoraConfig
 from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .errors import AdapterError, AdapterMismatchError
-from .fingerprint import module_fingerprint
+from ..errors import AdapterError
+from ..fingerprint import module_fingerprint
+from ..io import write_directory_atomically
+from .format import (
+    ADAPTER_FORMAT,
+    ADAPTER_FORMAT_VERSION,
+    CONFIG_NAME,
+    TARGET_MODULES,
+    WEIGHTS_NAME,
+    AdapterFiles,
+    check_adapter_destination,
+    check_fits,
+    check_scale,
+    file_signature,
+    read_adapter,
+)
+from .slots import detach_slots, has_adapter_slots
 
-ADAPTER_FORMAT = "fae-lora"
-ADAPTER_FORMAT_VERSION = 1
-WEIGHTS_NAME = "adapter.safetensors"
-CONFIG_NAME = "adapter_config.json"
-# The generator's attention and MLP projections (LightningDiT and both MMDiT streams).
-TARGET_MODULES = ("qkv", "proj", "w12", "w3")
 DEFAULT_CAPACITY = 8
-MAX_ABS_SCALE = 10.0
 
 
 def lora_config(
@@ -76,8 +74,6 @@ def adapter_state(generator: nn.Module, adapter_id: str) -> dict[str, torch.Tens
 
 def strip_lora(module: nn.Module) -> nn.Module:
     """Replace every LoRA-wrapped layer (peft's or adapter slots') by its base layer (in place); returns it."""
-    from .lora_slots import detach_slots
-
     detach_slots(module)
     for name, layer in lora_layers(module):
         parent_name, _, child = name.rpartition(".")
@@ -98,8 +94,6 @@ def save_adapter(
     metadata: dict[str, Any],
 ) -> Path:
     """Write the adapter directory atomically (weights in bfloat16: a few MB even for the paper's generator)."""
-    from .io import write_directory_atomically
-
     state = {
         k: v.to(torch.bfloat16).contiguous().cpu() for k, v in adapter_state(generator, adapter_id).items()
     }
@@ -127,107 +121,6 @@ def save_adapter(
     return write_directory_atomically(out_dir, write, overwrite=True)
 
 
-def check_adapter_destination(out_dir: Path | str) -> Path:
-    """An adapter may replace an empty directory or an older adapter, nothing else."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / CONFIG_NAME).is_file())
-    ):
-        raise AdapterError(f"{out_dir} exists and is not an adapter directory: choose another output")
-    return out_dir
-
-
-@dataclass
-class AdapterFiles:
-    path: Path
-    config: dict[str, Any]
-    state: dict[str, torch.Tensor]
-    content_hash: str
-
-
-def read_adapter(path: Path | str) -> AdapterFiles:
-    path = Path(path)
-    weights, config_path = path / WEIGHTS_NAME, path / CONFIG_NAME
-    if not path.is_dir() or not weights.is_file() or not config_path.is_file():
-        raise AdapterError(
-            f"{path} is not an adapter directory: expected {CONFIG_NAME} and {WEIGHTS_NAME} (from `fae finetune`)"
-        )
-    raw_config, raw_weights = config_path.read_bytes(), weights.read_bytes()
-    try:
-        config = json.loads(raw_config)
-    except ValueError as exc:
-        raise AdapterError(f"{config_path} is not valid JSON ({exc})") from exc
-    if config.get("format") != ADAPTER_FORMAT or config.get("format_version") != ADAPTER_FORMAT_VERSION:
-        raise AdapterError(
-            f"{path} holds format {config.get('format')!r} v{config.get('format_version')!r}; "
-            f"this version reads {ADAPTER_FORMAT!r} v{ADAPTER_FORMAT_VERSION}"
-        )
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-        raise AdapterError(f"{weights} is not a readable safetensors file ({exc})") from exc
-    digest = hashlib.sha256(raw_config + b"\0" + raw_weights).hexdigest()
-    return AdapterFiles(path=path, config=config, state=state, content_hash=digest)
-
-
-def _check_fits(generator: nn.Module, files: AdapterFiles, base_fingerprint: str) -> None:
-    base = files.config.get("base_model", {})
-    if base.get("fingerprint") != base_fingerprint:
-        raise AdapterMismatchError(
-            f"the adapter in {files.path} was trained on another base model "
-            f"(its base {str(base.get('fingerprint'))[:12]}…, a {base.get('generator_class')}; this model "
-            f"{base_fingerprint[:12]}…, a {type(generator).__name__}): load it onto the model it was fine-tuned from"
-        )
-    rank = files.config.get("rank")
-    modules = files.config.get("modules") or []
-    if not isinstance(rank, int) or rank < 1 or not modules:
-        raise AdapterError(f"{files.path}/{CONFIG_NAME} has no valid rank or module list")
-    for module_name in modules:
-        try:
-            target = generator.get_submodule(module_name)
-        except AttributeError as exc:
-            raise AdapterError(f"the adapter adapts {module_name!r}, which this generator lacks") from exc
-        base = target.get_base_layer() if isinstance(target, LoraLayer) else target
-        a, b = (
-            files.state.get(f"{module_name}.lora_A.weight"),
-            files.state.get(f"{module_name}.lora_B.weight"),
-        )
-        if (
-            a is None
-            or b is None
-            or tuple(a.shape) != (rank, base.in_features)
-            or tuple(b.shape)
-            != (
-                base.out_features,
-                rank,
-            )
-        ):
-            raise AdapterError(
-                f"the adapter's matrices for {module_name!r} are missing or do not fit the layer"
-            )
-
-
-def file_signature(path: Path | str) -> tuple:
-    """Where the adapter's files are, their sizes and modification times (None where unreadable)."""
-    path = Path(path).resolve()
-    signature: list[object] = [str(path)]
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            info = (path / name).stat()
-            signature.append((info.st_size, info.st_mtime_ns))
-        except OSError:
-            signature.append(None)
-    return tuple(signature)
-
-
-def check_scale(scale: float) -> float:
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise AdapterError(f"adapter scale must be a finite number, got {scale!r}")
-    if abs(scale) > MAX_ABS_SCALE:
-        raise AdapterError(f"adapter scale must be between -{MAX_ABS_SCALE} and {MAX_ABS_SCALE}, got {scale}")
-    return float(scale)
-
-
 class AdapterManager:
     """Adapters loaded into one generator: an LRU of up to `capacity`, at most one active."""
 
@@ -248,12 +141,10 @@ class AdapterManager:
 
     def load(self, path: Path | str, adapter_id: str | None = None, scale: float = 1.0) -> str:
         """Load (or reuse from the LRU) the adapter at `path` and make it the active one; returns its id."""
-        from .lora_slots import has_adapter_slots
-
         scale = check_scale(scale)
         if has_adapter_slots(self.generator):
             raise AdapterError(
-                "this generator serves adapters from fixed slots (model/lora_slots.py): load them with "
+                "this generator serves adapters from fixed slots (model/adapters/slots.py): load them with "
                 "AdapterSlots.load, not through peft"
             )
         with self._lock:
@@ -268,7 +159,7 @@ class AdapterManager:
             files = read_adapter(path)
             adapter_id = adapter_id or f"adapter-{files.content_hash[:16]}"
             if self.loaded.get(adapter_id) != files.content_hash:
-                _check_fits(self.generator, files, self.base_fingerprint)
+                check_fits(self.generator, files, self.base_fingerprint)
                 if adapter_id in self.loaded:  # same id, new contents: replace
                     self.evict(adapter_id)
                 while len(self.loaded) >= self.capacity:

@@ -1,0 +1,73 @@
+"""Checks of a request that need more than its schema (the model catalog, the job store, DNS), each failing
+as a 422 shaped like FastAPI's own validation errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.contract import GenerateRequest
+from core.jobstore import AdapterRegistry
+from core.settings import WebhookSettings
+from core.webhooks import WebhookURLRefused, check_webhook_url
+from service.catalog import ModelCatalog, ModelInfo
+from service.problems import ProblemError
+
+
+def invalid(field: str, message: str) -> ProblemError:
+    """A 422 shaped like FastAPI's validation errors, for checks that need the model or the store."""
+    return ProblemError(
+        422,
+        "Invalid request",
+        f"{field}: {message}",
+        slug="validation-error",
+        errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
+    )
+
+
+def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:
+    model = models.resolve(name)
+    if model is not None:
+        return model
+    known = [m.name for m in models.all()]
+    if not known:
+        raise ProblemError(503, "Service Unavailable", "no models are configured (FAE_MODELS)", "no-models")
+    raise invalid("model", f"unknown model {name!r}; available: {', '.join(known)} (GET /v1/models)")
+
+
+def check_condition(body: GenerateRequest, model: ModelInfo) -> None:
+    if model.condition_type == "class":
+        classes = f" (0..{model.num_classes - 1})" if model.num_classes else ""
+        if body.prompt is not None:
+            raise invalid("prompt", f"model {model.name!r} is class-conditional: send class_label{classes}")
+        if body.class_label is None:
+            raise invalid("class_label", f"model {model.name!r} needs a class_label{classes}")
+        if model.num_classes is not None and body.class_label >= model.num_classes:
+            raise invalid("class_label", f"{body.class_label} is out of range for {model.name!r}{classes}")
+    elif model.condition_type == "text":
+        if body.class_label is not None:
+            raise invalid("class_label", f"model {model.name!r} takes a text prompt, not class_label")
+        if body.prompt is None:
+            raise invalid("prompt", f"model {model.name!r} needs a prompt")
+    elif body.prompt is None and body.class_label is None:
+        raise invalid("prompt", "give a prompt or a class_label")
+
+
+def check_adapter(adapters: AdapterRegistry, tenant: str, body: GenerateRequest, model: ModelInfo) -> None:
+    if body.adapter is None:
+        return
+    record = adapters.get_adapter(tenant, body.adapter)
+    if record is None:
+        raise invalid("adapter", f"no adapter {body.adapter!r} for this API key (GET /v1/adapters)")
+    if record.model != model.name:
+        raise invalid(
+            "adapter", f"adapter {body.adapter!r} was trained for model {record.model!r}, not {model.name!r}"
+        )
+
+
+def check_webhook(url: Any, webhooks: WebhookSettings) -> str | None:
+    if url is None:
+        return None
+    try:
+        return check_webhook_url(str(url), webhooks).url
+    except WebhookURLRefused as exc:
+        raise invalid("webhook_url", str(exc)) from exc

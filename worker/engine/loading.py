@@ -1,0 +1,96 @@
+"""Building an engine from settings: load every configured model, accelerate it, warm it up.
+
+Everything torch-heavy is imported inside the functions, so importing the worker stays cheap for processes
+that load no model (a webhooks-only worker, the gateway in embedded mode before its model loads).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from core import metrics
+from core.settings import CatalogSettings, EngineSettings
+from worker.engine.interface import GenerationRequest, installed_test_hooks
+from worker.engine.loop import Engine
+
+log = logging.getLogger(__name__)
+
+# Batch-size buckets compiled and captured ahead of time (those up to twice the sample limit are used).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
+    """Load every catalog model onto the configured device (no warm-up: call ``warm_up``)."""
+    from model.compiled import accelerate_pipeline, configure_compile_cache
+    from model.devices import resolve_device, resolve_dtype
+    from model.repository import load_pipeline
+
+    dirs: dict[str, Path] = catalog.model_dirs()
+    if not dirs:
+        raise ValueError("no models configured: set FAE_MODELS=name=/path/to/model[,name2=...]")
+    device, dtype = str(resolve_device(settings.device)), resolve_dtype(settings.dtype)
+    pipelines: dict[str, Any] = {}
+    for name, path in dirs.items():
+        started = time.perf_counter()
+        pipelines[name] = load_pipeline(path, device=device, dtype=dtype)
+        seconds = round(time.perf_counter() - started, 3)
+        log.info(
+            "model loaded", extra={"model": name, "path": str(path), "device": device, "seconds": seconds}
+        )
+    accelerated: dict[str, Any] = {}
+    if settings.compile or settings.cuda_graphs:
+        configure_compile_cache(settings.compile_cache_dir)
+        # Guidance can double a batch's rows: buckets reach twice the sample limit.
+        buckets = [b for b in BATCH_BUCKETS if b <= 2 * settings.max_batch_size]
+        for name, pipe in pipelines.items():
+            accelerated[name] = accelerate_pipeline(
+                pipe, buckets, compile=settings.compile, cuda_graphs=settings.cuda_graphs
+            )
+    return Engine(
+        pipelines,
+        max_batch_size=settings.max_batch_size,
+        accelerated=accelerated,
+        default_model=catalog.default_model or None,
+        device=device,
+        hooks=installed_test_hooks(),
+        adapter_slots=settings.adapter_slots,
+        adapter_max_rank=settings.adapter_max_rank,
+    )
+
+
+def warm_up(engine: Engine) -> float:
+    """Compile and capture every batch bucket, then one tiny generation per model, so the first real job pays
+    no first-call costs; sets ``engine.ready``. The seconds it took."""
+    from model.compiled import warm_accelerated
+
+    started = time.perf_counter()
+    for name, fast in engine.accelerated.items():
+        engine.run_exclusive(name, lambda pipe, fast=fast: warm_accelerated(pipe, fast))
+    for name in engine.models:
+        text = getattr(engine.pipeline(name), "condition_type", "class") == "text"
+        condition: dict[str, Any] = {"prompt": "warm-up"} if text else {"class_label": 0}
+        engine.run(GenerationRequest(model=name, n=1, steps=2, seed=0, **condition))
+    engine.ready = True
+    return time.perf_counter() - started
+
+
+def load_and_warm(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
+    """``load_engine`` then ``warm_up``; the total time goes to fae_model_warmup_seconds."""
+    started = time.perf_counter()
+    engine = load_engine(settings, catalog)
+    warmup_s = warm_up(engine)
+    total_s = time.perf_counter() - started
+    metrics.MODEL_WARMUP_SECONDS.set(total_s)
+    log.info(
+        "engine ready",
+        extra={
+            "models": engine.models,
+            "device": engine.device,
+            "seconds": round(total_s, 3),
+            "warmup_seconds": round(warmup_s, 3),
+        },
+    )
+    return engine

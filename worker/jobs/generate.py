@@ -1,0 +1,57 @@
+"""The generate job: resolve its adapter, run the engine, encode and upload the images."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from core import metrics
+from core.contract import GenerateRequest, Job
+from core.jobstore import JobStore
+from core.settings import Settings
+from core.storage import Storage
+from model.errors import InvalidInputError
+from worker.engine import AdapterSpec, GenerationRequest
+from worker.jobs.common import JobContext, ProgressWriter, StopCheck, Throttled
+from worker.outputs import upload_images
+from worker.scratch import fetch_prefix
+
+
+def run_generate(
+    job: Job, ctx: JobContext, should_stop: StopCheck, timings: dict[str, float]
+) -> dict[str, Any]:
+    """Generate, encode and upload a job's images (stage seconds into ``timings``); the job's new fields."""
+    store, storage, engine, worker = ctx.store, ctx.storage, ctx.engine, ctx.settings.worker
+    request = GenerateRequest.model_validate(job.request)
+    adapter = resolve_adapter(job, request, store, storage, ctx.settings)
+    generation = GenerationRequest.from_api(request, adapter)
+    if job.model:  # the gateway resolved the model name when it accepted the job
+        generation = dataclasses.replace(generation, model=job.model)
+    result = engine.run(
+        generation,
+        on_progress=ProgressWriter(store, job.id, worker.progress_interval_s),
+        should_cancel=Throttled(should_stop, worker.cancel_poll_s),
+    )
+    started = time.perf_counter()
+    outputs = upload_images(storage, job.tenant, job.id, result.images, result.seeds, request.output_format)
+    stages = {"denoise": result.denoise_s, "decode": result.decode_s, "upload": time.perf_counter() - started}
+    for stage, seconds in stages.items():
+        metrics.JOB_DURATION.labels(kind=job.kind.value, stage=stage).observe(seconds)
+        timings[stage] = round(seconds, 4)
+    metrics.IMAGES_GENERATED.labels(model=result.model).inc(len(outputs))
+    engine.record_memory()
+    return {"outputs": outputs, "seeds": result.seeds, "model": result.model}
+
+
+def resolve_adapter(
+    job: Job, request: GenerateRequest, store: JobStore, storage: Storage, settings: Settings
+) -> AdapterSpec | None:
+    """The job's adapter, downloaded once into the worker's scratch directory."""
+    if request.adapter is None:
+        return None
+    record = store.get_adapter(job.tenant, request.adapter)
+    if record is None:
+        raise InvalidInputError(f"adapter {request.adapter!r} does not exist (see GET /v1/adapters)")
+    local_dir = fetch_prefix(storage, record.key, settings, "adapters", job.tenant, request.adapter)
+    return AdapterSpec(adapter_id=request.adapter, local_dir=local_dir, scale=request.adapter_scale)
