@@ -88,7 +88,7 @@ def bench_forward(
         flops = forward_flops(eager, args, kwargs)
         row: dict[str, Any] = {"batch": batch, "gflop_per_forward": flops / 1e9}
         variants = [("eager", eager), ("compiled", compiled)] + ([("graphs", graphed)] if graphed else [])
-        with torch.no_grad():
+        with torch.inference_mode():  # the mode the engine serves (and warm-up compiles) in
             reference = eager(*args, **kwargs).float()
             for name, fn in variants:
                 seconds = timed(lambda fn=fn, a=args, k=kwargs: fn(*a, **k), device, repeat)
@@ -220,15 +220,17 @@ def bench_peer(device: torch.device, dtype: torch.dtype, steps: int, batch: int,
 
 
 def startup_seconds(model_dir: str, cache_dir: str, device: str, buckets: str) -> float:
-    """A fresh process: load the model, compile and warm every bucket (what a worker does before ready)."""
+    """A fresh process: load the model, compile and warm every bucket, save the compile cache (what a worker
+    does before ready: worker/engine/loading.py)."""
     code = (
         "import sys, time; t=time.perf_counter();"
-        "from model.compiled import configure_compile_cache, accelerate_pipeline;"
+        "from model.compiled import configure_compile_cache, save_compile_cache;"
         f"configure_compile_cache({cache_dir!r});"
         "from model.repository import load_pipeline;"
         "from benchmarks.bench_serving import warm_pipeline;"
         f"p=load_pipeline({model_dir!r}, device={device!r});"
         f"warm_pipeline(p, [{buckets}]);"
+        f"save_compile_cache({cache_dir!r});"
         "print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = matmul_ceiling(device, dtype, 8192 if device.type == "cuda" else 512)
     report["matmul_ceiling_tflops"] = ceiling / 1e12
     quiet_loading()
-    with tempfile.TemporaryDirectory() as tmp:
+    # Everything below runs in the engine's serving mode: warm-up compiles for it (model/compiled.py).
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         configure_compile_cache(Path(tmp) / "compile-cache")
         pipe = FAEPipeline.from_preset(args.preset, seed=0).to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -310,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             bucket_list = ",".join(str(b) for b in buckets)
             report["startup_cold_s"] = startup_seconds(model_dir, cache, args.device, bucket_list)
             report["startup_warm_s"] = startup_seconds(model_dir, cache, args.device, bucket_list)
+            report["startup_warm_over_cold"] = report["startup_warm_s"] / report["startup_cold_s"]
     print_table(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -354,6 +358,7 @@ def print_table(report: dict) -> None:
     if "startup_cold_s" in report:
         print(
             f"worker start-up: cold cache {report['startup_cold_s']:.1f} s, warm {report['startup_warm_s']:.1f} s"
+            f" (warm/cold {report['startup_warm_over_cold']:.2f})"
         )
     if "peak_gpu_memory_gib" in report:
         print(f"peak GPU memory: {report['peak_gpu_memory_gib']:.2f} GiB")

@@ -7,10 +7,11 @@ where a job's shape and its legal state transitions are defined.
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 # Limits of a request. The model stack checks the same numbers at its own API (model/ imports nothing of
 # ours, so it keeps copies); tests/architecture/test_limits.py keeps each pair equal.
@@ -19,6 +20,46 @@ MAX_STEPS = 250
 MAX_SEED = 2**63 - 1
 FINETUNE_MAX_STEPS = 20_000
 FINETUNE_MAX_RANK = 128
+# Free-form JSON (a request's `metadata`): nesting and encoded size, checked at the edge and again whenever
+# a job is built or read, so a stored record is always one the reader accepts (pydantic's JSON reader stops
+# at 200 levels). A job's `request` echo holds the metadata one level down, beside at most a few KiB more.
+MAX_METADATA_DEPTH = 16
+MAX_METADATA_BYTES = 16 * 1024
+_MAX_REQUEST_ECHO_BYTES = MAX_METADATA_BYTES + 16 * 1024
+
+
+def check_free_json(value: Any, max_depth: int, max_bytes: int) -> Any:
+    """`value` unchanged if it nests at most `max_depth` containers, encodes to at most `max_bytes` of JSON and
+    holds only finite numbers (JSON has no NaN or Infinity; stored, they would silently come back as null)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > max_depth:
+            raise ValueError(f"nests deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
+    try:
+        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+    except ValueError as exc:
+        raise ValueError("numbers must be finite (no NaN or Infinity)") from exc
+    if size > max_bytes:
+        raise ValueError(f"is {size} bytes of JSON; at most {max_bytes} are allowed")
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(lambda value: check_free_json(value, MAX_METADATA_DEPTH, MAX_METADATA_BYTES)),
+    Field(
+        description=f"Free-form JSON echoed back (at most {MAX_METADATA_DEPTH} levels, {MAX_METADATA_BYTES} bytes)."
+    ),
+]
+RequestEcho = Annotated[
+    dict[str, Any],
+    AfterValidator(lambda value: check_free_json(value, MAX_METADATA_DEPTH + 1, _MAX_REQUEST_ECHO_BYTES)),
+]
 
 
 class JobKind(enum.StrEnum):
@@ -85,7 +126,7 @@ class GenerateRequest(StrictModel):
     adapter: str | None = Field(default=None, max_length=128)
     adapter_scale: float = Field(default=1.0, ge=0.0, le=2.0)
     webhook_url: HttpUrl | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_condition(self) -> GenerateRequest:
@@ -105,7 +146,7 @@ class FinetuneParams(StrictModel):
     trigger_phrase: str | None = Field(default=None, max_length=200)
     s3_prefix: str | None = Field(default=None, max_length=1024)
     webhook_url: HttpUrl | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class Progress(BaseModel):
@@ -137,8 +178,8 @@ class Job(BaseModel):
     status: JobStatus
     tenant: str
     model: str | None = None
-    request: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    request: RequestEcho = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -197,13 +238,23 @@ class DeadLetter(BaseModel):
     at: datetime = Field(description="When it was dead-lettered.")
 
 
+def job_prefix(tenant: str, job_id: str) -> str:
+    """Where a job's outputs live (deleted with the job, or by retention)."""
+    return f"tenants/{tenant}/jobs/{job_id}/"
+
+
 def output_key(tenant: str, job_id: str, index: int, ext: str) -> str:
     """Deterministic object key: a redelivered job overwrites its own outputs, never someone else's."""
-    return f"tenants/{tenant}/jobs/{job_id}/{index}.{ext}"
+    return f"{job_prefix(tenant, job_id)}{index}.{ext}"
 
 
 def adapter_key(tenant: str, adapter_id: str) -> str:
     return f"tenants/{tenant}/adapters/{adapter_id}/"
+
+
+def checkpoints_key(tenant: str, job_id: str) -> str:
+    """Where a fine-tune keeps its training checkpoints while it runs (a redelivery resumes from them)."""
+    return f"tenants/{tenant}/finetunes/{job_id}/checkpoints/"
 
 
 def dataset_key(tenant: str, job_id: str) -> str:

@@ -5,7 +5,9 @@ also the worker's and reaper's sender (requeues, webhooks). Embedded mode's in-p
 on the worker side (``worker/embedded_queue.py``) and is injected by the composition root (``fae/``).
 
 The gateway stores a job first, then calls ``enqueue``; when it makes a job terminal itself (canceling a
-queued job) it calls ``notify_terminal`` so the job's webhook still fires.
+queued job) it calls ``notify_terminal`` so the job's webhook still fires. Tasks are sent with
+``ignore_result``: the job store is the source of truth for results, so no publish subscribes to a result
+channel (one ``LPUSH`` per job).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class CeleryJobQueue(JobQueue):
 
     def enqueue(self, job: Job) -> None:
         task, queue_name = TASK_FOR_KIND[job.kind]
-        self.app.send_task(task, args=[job.id], queue=queue_name, routing_key=queue_name)
+        self.app.send_task(task, args=[job.id], queue=queue_name, routing_key=queue_name, ignore_result=True)
 
     def notify_terminal(self, job: Job) -> None:
         if job.webhook_url:
@@ -84,5 +86,10 @@ def send_webhook_task(app: Any, job_id: str, attempt: int, countdown_s: float = 
     """Queue one delivery attempt of a job's webhook on the CPU-side ``webhooks`` queue."""
     options: dict[str, Any] = {"countdown": countdown_s} if countdown_s > 0 else {}
     app.send_task(
-        TASK_WEBHOOK, args=[job_id, attempt], queue=QUEUE_WEBHOOKS, routing_key=QUEUE_WEBHOOKS, **options
+        TASK_WEBHOOK,
+        args=[job_id, attempt],
+        queue=QUEUE_WEBHOOKS,
+        routing_key=QUEUE_WEBHOOKS,
+        ignore_result=True,
+        **options,
     )

@@ -84,11 +84,22 @@ GPU_MEMORY_BYTES = Gauge(
     ["device", "kind"],
     multiprocess_mode="livemostrecent",
 )
+CUDA_GRAPH_FALLBACKS = Counter(
+    "fae_cuda_graph_fallbacks_total",
+    "Batch shapes served without their CUDA graph because its first replay disagreed with the un-graphed forward.",
+    ["model", "module"],
+)
 JOB_FAILURES = Counter("fae_job_failures_total", "Failed jobs by kind and reason.", ["kind", "reason"])
 WEBHOOK_DELIVERIES = Counter(
     "fae_webhook_deliveries_total",
     "Webhook delivery attempts by outcome (delivered, error, rejected, refused).",
     ["outcome"],
+)
+JOBS_RUNNING = Gauge(
+    "fae_jobs_running",
+    "Jobs running now, by queue: autoscaling adds them to the queued ones (a running job is off its list).",
+    ["queue"],
+    multiprocess_mode="livesum",
 )
 WORKER_READY = Gauge(
     "fae_worker_ready", "1 once the worker's model is loaded and warm.", multiprocess_mode="livemax"

@@ -46,6 +46,13 @@ class GatewaySettings(_Group):
         "127.0.0.1", description="bind address of the gateway (and of the worker's probe server)"
     )
     port: int = Field(8000, description="gateway port")
+    workers: int = Field(
+        1,
+        ge=1,
+        validation_alias="FAE_GATEWAY_WORKERS",
+        description="gateway processes sharing the port (`fae serve --workers`; more than one needs the Redis "
+        "job store, and `/metrics` then merges every process through `FAE_METRICS_DIR`, or a temporary one)",
+    )
     public_url: str = Field("", description="the gateway's public base URL (download links of local storage)")
     api_keys: str = Field(
         "", description="`tenant:key[:scope+scope],...` (scopes generate, finetune, admin); kept hashed"
@@ -53,7 +60,24 @@ class GatewaySettings(_Group):
     api_keys_file: Path | None = Field(None, description="a file of API keys in the same form, one per line")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest JSON request body (413 past it)")
     max_upload_bytes: int = Field(
-        512 * 1024 * 1024, ge=1024, description="largest fine-tune upload (413 past it)"
+        512 * 1024 * 1024,
+        ge=1024,
+        description="largest fine-tune upload, and its unpacked size (413 past it)",
+    )
+    max_dataset_file_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest one dataset file, also unpacked from a zip (413 past it)",
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=64 * 64,
+        description="most pixels in one dataset image, checked before decoding (422 past it)",
+    )
+    max_concurrent_uploads: int = Field(
+        2,
+        ge=1,
+        description="fine-tune uploads one gateway process unpacks at once (503 with Retry-After past it)",
     )
     max_wait_s: float = Field(60.0, ge=0, description="longest `Prefer: wait=N` a request may hold")
     events_max_s: float = Field(
@@ -132,6 +156,57 @@ class StorageSettings(_Group):
     presign_expiry_s: int = Field(
         3600, ge=1, le=7 * 24 * 3600, description="lifetime of presigned and signed download URLs"
     )
+    output_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="days a job's images stay in storage before the reaper deletes them (0: forever)",
+    )
+    dataset_retention_days: float = Field(
+        30.0, ge=0, description="days an uploaded fine-tune dataset stays in storage (0: forever)"
+    )
+    tenant_retention: str = Field(
+        "",
+        description="`tenant=output_days/dataset_days,...`: retention of some tenants, overriding the two above",
+    )
+    delete_dataset_after_training: bool = Field(
+        False,
+        description="delete an uploaded dataset once its fine-tune succeeded (always: with its adapter)",
+    )
+    retention_sweep_s: float = Field(
+        3600.0, gt=0, description="how often each reaper deletes outputs and datasets past their retention"
+    )
+    storage_retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="how long a worker retries writing a finished job's outputs while storage is down "
+        "(the job then fails with reason `storage_unavailable`)",
+    )
+
+    @model_validator(mode="after")
+    def _check_tenant_retention(self) -> StorageSettings:
+        self.tenant_retentions()  # a malformed entry fails at start, not in the reaper
+        return self
+
+    def tenant_retentions(self) -> dict[str, tuple[float, float]]:
+        """`tenant_retention` parsed: tenant → (output days, dataset days)."""
+        out: dict[str, tuple[float, float]] = {}
+        for entry in filter(None, (item.strip() for item in self.tenant_retention.split(","))):
+            tenant, _, days = entry.partition("=")
+            output_days, _, dataset_days = days.partition("/")
+            try:
+                periods = (float(output_days), float(dataset_days))
+            except ValueError:
+                periods = (-1.0, -1.0)
+            if not tenant.strip() or min(periods) < 0:
+                raise ValueError(
+                    f"FAE_TENANT_RETENTION entry {entry!r} is not tenant=output_days/dataset_days"
+                )
+            out[tenant.strip()] = periods
+        return out
+
+    def retention_days(self, tenant: str) -> tuple[float, float]:
+        """(output days, dataset days) for `tenant`; 0 keeps forever."""
+        return self.tenant_retentions().get(tenant, (self.output_retention_days, self.dataset_retention_days))
 
 
 class WebhookSettings(_Group):
@@ -178,6 +253,13 @@ class WorkerSettings(_Group):
         le=65535,
         validation_alias="FAE_WORKER_HTTP_PORT",
         description="the worker's `/healthz`, `/readyz` and `/metrics` port (0: none)",
+    )
+    concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        validation_alias="FAE_WORKER_CONCURRENCY",
+        description="jobs one worker holds at once (their denoising steps share generator calls); the queue holds the rest",
     )
     lease_s: float = Field(45.0, gt=0, description="a running job's lease, renewed every heartbeat")
     heartbeat_s: float = Field(10.0, gt=0, description="lease renewal interval (shorter than the lease)")

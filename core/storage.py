@@ -12,12 +12,16 @@ import hashlib
 import hmac
 import mimetypes
 import os
+import random
 import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from core.atomic import write_bytes_atomically
@@ -26,6 +30,7 @@ from core.settings import Settings, StorageSettings
 
 FILES_ROUTE = "/v1/files/"
 _SIGNING_KEY_FILE = ".fae-signing-key"
+T = TypeVar("T")
 
 
 class InvalidKey(ValueError):
@@ -45,6 +50,36 @@ def content_type_for(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
+class StorageUnavailable(RuntimeError):
+    """Object storage could not be reached, or answered with a server error: transient, worth retrying later
+    (the gateway answers 503 with Retry-After; a job that ran out of retries fails with `storage_unavailable`)."""
+
+
+def _transient(exc: Exception) -> bool:
+    """A connection failure, timeout or 5xx from storage (never a 4xx: retrying a refusal cannot help)."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return isinstance(exc, BotoCoreError | S3UploadFailedError | ConnectionError | TimeoutError)
+
+
+def retry_storage(action: Callable[[], T], retry_s: float, base_s: float = 0.5, cap_s: float = 8.0) -> T:
+    """`action()`, retried with capped exponential backoff (±20 % jitter) while storage is unavailable, for up
+    to `retry_s` seconds; then StorageUnavailable."""
+    deadline = time.monotonic() + retry_s
+    delay = base_s
+    while True:
+        try:
+            return action()
+        except StorageUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 2, cap_s)
+
+
 class Storage(abc.ABC):
     @abc.abstractmethod
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
@@ -60,12 +95,20 @@ class Storage(abc.ABC):
     def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        """Every key that starts with `prefix`, sorted, with when it was last written (UTC)."""
+
     def list(self, prefix: str) -> list[str]:
         """Every key that starts with `prefix`, sorted."""
+        return [key for key, _ in self.list_modified(prefix)]
 
     @abc.abstractmethod
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete these keys (missing ones are fine); returns how many were asked for."""
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many."""
+        return self.delete_keys(self.list(prefix))
 
     @abc.abstractmethod
     def presign_get(self, key: str, expires_s: int) -> str:
@@ -142,21 +185,20 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
 
-    def list(self, prefix: str) -> list[str]:
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
         # Walk only the deepest directory the prefix names, then filter by the rest of the prefix.
         directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self.path_for(directory) if directory else self.root
         if not base.is_dir():
             return []
-        keys = []
+        found = []
         for path in base.rglob("*"):
             relative = path.relative_to(self.root).as_posix()
             if path.is_file() and relative.startswith(prefix) and not _hidden(relative):
-                keys.append(relative)
-        return sorted(keys)
+                found.append((relative, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+        return sorted(found)
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+    def delete_keys(self, keys: list[str]) -> int:
         for key in keys:
             self.path_for(key).unlink(missing_ok=True)
         return len(keys)
@@ -205,6 +247,15 @@ class S3Storage(Storage):
         public = settings.s3_public_endpoint_url
         self._presign_client = boto3.client("s3", endpoint_url=public, **common) if public else self._client
 
+    @contextmanager
+    def _outage_is_unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if _transient(exc):
+                raise StorageUnavailable(f"object storage is unavailable ({type(exc).__name__})") from exc
+            raise
+
     def _not_found(self, exc: Exception) -> bool:
         from botocore.exceptions import ClientError
 
@@ -214,14 +265,16 @@ class S3Storage(Storage):
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         check_key(key)
-        self._client.put_object(
-            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type or content_type_for(key)
-        )
+        with self._outage_is_unavailable():
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type or content_type_for(key)
+            )
 
     def put_file(self, key: str, path: Path | str, content_type: str | None = None) -> None:
         check_key(key)
         extra = {"ContentType": content_type or content_type_for(key)}
-        self._client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+        with self._outage_is_unavailable():
+            self._client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -240,17 +293,19 @@ class S3Storage(Storage):
                 return False
             raise
 
-    def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
-        return sorted(keys)
+    def list_modified(self, prefix: str) -> list[tuple[str, datetime]]:
+        found: list[tuple[str, datetime]] = []
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        with self._outage_is_unavailable():
+            for page in pages:
+                found += [(item["Key"], item["LastModified"]) for item in page.get("Contents", [])]
+        return sorted(found)
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+    def delete_keys(self, keys: list[str]) -> int:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
-            self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            with self._outage_is_unavailable():
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
     def presign_get(self, key: str, expires_s: int) -> str:

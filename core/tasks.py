@@ -50,9 +50,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Ack after the task ran, and put the message back if the worker process dies under it.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One GPU, one job: a solo pool, and never a second job held while another worker idles.
-        "worker_pool": "solo",
-        "worker_concurrency": 1,
+        # One process per GPU holding up to `concurrency` jobs, each on its own thread blocked on the engine,
+        # whose one device thread batches their steps together. Prefetch 1 per thread: a worker never holds more
+        # jobs than it runs, so the queue, not one busy worker, keeps the backlog.
+        "worker_pool": "threads",
+        "worker_concurrency": settings.worker.concurrency,
         "worker_prefetch_multiplier": 1,
         # Redis redelivers unacked messages after this long: it must exceed the longest task, or a running
         # job runs twice. Dead workers are handled sooner by the lease reaper, not by this timeout.

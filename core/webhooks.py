@@ -68,9 +68,28 @@ def _allowlist(raw: str) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
     return frozenset(hosts), tuple(networks)
 
 
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): the IPv4 address is in the last 32 bits.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 transition form reaches: IPv4-compatible (::a.b.c.d), 6to4 (2002::/16),
+    Teredo (2001::/32: server and client) and NAT64. A relay would carry the request to them, so they decide."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    found = [low32] if int(address) >> 32 == 0 or any(address in net for net in _NAT64) else []
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def _is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is an IPv4 connection
+            return _is_public(address.ipv4_mapped)
+        if not all(_is_public(v4) for v4 in _embedded_ipv4(address)):
+            return False
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 

@@ -131,22 +131,25 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 def extract_package(tarball: Path, dest: Path, source: EmojiSource) -> Path:
     """Unpack the parts the dataset needs (emoji.json, LICENSE, img/<set>/64/*.png) into `dest`; returns the
-    package directory. Only regular files are extracted, through tarfile's `data` filter (no links, no paths
-    outside `dest`)."""
+    package directory. Only regular files are extracted, each copied by hand to a path checked to lie inside
+    `dest` (no links, no `..`): what tarfile's `data` filter does, which Python 3.11 has only from 3.11.4."""
     image_prefix = f"package/img/{source.image_set}/{IMAGE_SIZE_DIR}/"
     wanted_files = {"package/emoji.json", "package/LICENSE", "package/package.json"}
+    root = Path(dest).resolve()
     try:
         with tarfile.open(tarball, "r:gz") as archive:
-            members = [
-                member
-                for member in archive.getmembers()
-                if member.isfile()
-                and (
-                    member.name in wanted_files
-                    or (member.name.startswith(image_prefix) and member.name.endswith(".png"))
+            for member in archive.getmembers():
+                wanted = member.name in wanted_files or (
+                    member.name.startswith(image_prefix) and member.name.endswith(".png")
                 )
-            ]
-            archive.extractall(dest, members=members, filter="data")
+                if not (member.isfile() and wanted):
+                    continue
+                target = (root / member.name).resolve()
+                if not target.is_relative_to(root):
+                    raise EmojiDataError(f"{tarball} has a member outside its package: {member.name!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.extractfile(member) as data, target.open("wb") as out:  # type: ignore[union-attr]
+                    shutil.copyfileobj(data, out)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise EmojiDataError(
             f"{tarball} is not a readable npm tarball ({exc}); delete it to fetch it again"

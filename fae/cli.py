@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 # Exceptions whose message is written for the user: printed without a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default FAE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default FAE_PORT or 8000)")
+    serve.add_argument(
+        "--workers", type=int, help="gateway processes sharing the port (default FAE_GATEWAY_WORKERS or 1)"
+    )
     serve.set_defaults(handler=serve_command)
 
     worker = sub.add_parser("worker", help="run a Celery worker (one per GPU)")
@@ -50,22 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve_command(args: argparse.Namespace) -> int:
     from core.settings import get_settings
-    from service.server import run_server
+    from service.server import run_server, run_workers
 
     settings = get_settings()
-    changes = {name: value for name, value in (("host", args.host), ("port", args.port)) if value}
+    given = (("host", args.host), ("port", args.port), ("gateway_workers", args.workers))
+    changes = {name: value for name, value in given if value}
     if changes:
         settings = settings.override(**changes)
+    if settings.gateway.workers > 1:
+        if args.embedded:
+            raise ValueError("embedded mode keeps its jobs in memory: it runs one process (drop --workers)")
+        return run_workers(settings.gateway, settings.process)
     if not args.embedded:
         from service.app import create_app
 
         return run_server(create_app(settings), settings.gateway)
-    from fae.embedded import create_embedded_app, embedded_settings, print_welcome
+    from fae.starting import StartingApp
 
-    settings, key = embedded_settings(settings)
-    if key:
-        print_welcome(settings, key)
-    return run_server(create_embedded_app(settings), settings.gateway)
+    def build() -> FastAPI:  # in StartingApp's thread: the port answers /healthz meanwhile
+        from fae.embedded import build_embedded
+
+        return build_embedded(settings)
+
+    return run_server(StartingApp(build), settings.gateway)
 
 
 def worker_command(args: argparse.Namespace) -> int:

@@ -4,6 +4,9 @@ storage; no Redis, no S3.
 This is the composition root's one place that puts gateway, worker and model into one process. The
 settings are derived once, here, from the environment's: local storage, the shipped demo model when no model
 is configured, a development API key on first run, and the bind address as the public URL.
+
+Deriving them imports the model stack (seconds): `fae serve --embedded` runs `build_embedded` in the background
+behind `fae.starting.StartingApp`, which answers `/healthz` at once.
 """
 
 from __future__ import annotations
@@ -78,3 +81,11 @@ def print_welcome(settings: Settings, key: str) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def build_embedded(settings: Settings) -> FastAPI:
+    """The embedded app from the environment's settings (imports the model stack; prints the welcome)."""
+    settings, key = embedded_settings(settings)
+    if key:
+        print_welcome(settings, key)
+    return create_embedded_app(settings)

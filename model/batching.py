@@ -6,6 +6,11 @@ LLM servers; this works because the generator takes a per-sample timestep. `FAEP
 worker's engine both denoise through `StepBatcher`, so a batch of requests gives the same images as each
 request alone (up to floating-point reassociation in batched matrix products).
 
+The denoising state (latents, noise, timesteps and their differences, the guidance combination) is fp32
+whatever the generator's dtype; only the generator's input is cast to it. Each step is planned on the host,
+which knows every sample's grid, guidance scale, sampler and adapter slot: the device is never read back
+mid-loop, and small per-step tensors reach it by pinned, non-blocking copies.
+
 `DenoisingBatcher` batches whole jobs on top of it: jobs join at the next step and leave when their samples
 finish or they are canceled, and finished latents are decoded together. Its owner (the worker's engine
 thread, or a benchmark) calls `add` and `step` from one thread.
@@ -21,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .guidance import Condition, GuidanceSchedule, guided_velocity
+from .adapters import NO_ADAPTER
+from .guidance import Condition, GuidanceSchedule, guided_rows, guided_velocity
 from .scheduling import FlowMatchingScheduler, check_steps
 
 if TYPE_CHECKING:  # the pipeline builds its batchers from this module
@@ -34,7 +40,11 @@ StepCallback = Callable[[int, int], bool | None]
 
 @dataclass
 class Sample:
-    """One image to denoise. `cond`/`uncond` are single-row condition dicts (batch dimension 1)."""
+    """One image to denoise. `cond`/`uncond` are single-row condition dicts (batch dimension 1).
+
+    `adapter_slot` is its LoRA slot (model/adapters/slots.py; 0 for none), kept on the host so that a batch
+    in which no sample uses an adapter calls the generator without `adapter_slots`, i.e. on its plain path.
+    """
 
     key: Hashable
     seed: int
@@ -43,6 +53,7 @@ class Sample:
     uncond: Condition
     schedule: GuidanceSchedule = field(default_factory=lambda: GuidanceSchedule.constant(1.0))
     stochastic: bool = False
+    adapter_slot: int = NO_ADAPTER
 
 
 @dataclass
@@ -60,15 +71,19 @@ class StepBatcher:
         scheduler: FlowMatchingScheduler,
         latent_shape: tuple[int, int, int],
         device: torch.device | str,
-        dtype: torch.dtype = torch.float32,
+        model_dtype: torch.dtype = torch.float32,
     ) -> None:
+        """`model_dtype` is the generator's: only its input is cast to it, the state stays fp32 (in bf16, a
+        250-step grid has zero-length intervals and Euler increments fall below the latents' rounding
+        step)."""
         self.scheduler = scheduler
         self.latent_shape = tuple(latent_shape)
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.model_dtype = model_dtype
         self._samples: list[Sample] = []
         self._grids: list[list[float]] = []  # each sample's timesteps, on the host (read every step)
-        self._generators: list[torch.Generator] = []
+        self._noise: list[torch.Tensor | None] = []  # each SDE sample's noise for every step (steps×C×g×g)
+        self._no_noise = torch.zeros(self.latent_shape, device=self.device)  # ODE rows of a stochastic batch
         self._step_index: list[int] = []
         self._x: torch.Tensor | None = None
         self._cond: Condition = {}
@@ -90,9 +105,17 @@ class StepBatcher:
         device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
         return torch.Generator(device).manual_seed(seed)
 
-    def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn((1, *self.latent_shape), generator=generator, device=generator.device)
-        return noise.to(self.device, self.dtype)
+    def _draw(self, generator: torch.Generator, rows: int) -> torch.Tensor:
+        noise = torch.randn((rows, *self.latent_shape), generator=generator, device=generator.device)
+        return noise.to(self.device)
+
+    def _on_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A small host-built tensor on the device without stalling it: on CUDA, a pinned non-blocking copy
+        (the caching host allocator keeps the pinned block alive until the copy has run)."""
+        host = torch.tensor(values, dtype=dtype)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def add(self, samples: Sequence[Sample]) -> None:
         """Join samples; they take their first step at the next `step()`."""
@@ -102,10 +125,12 @@ class StepBatcher:
         for sample in samples:
             check_steps(sample.num_steps)
             generator = self._new_generator(sample.seed)
-            new_x.append(self._draw(generator))
+            new_x.append(self._draw(generator, 1))
+            # An SDE sample draws its noise for every step now, from its own generator: it depends on the seed
+            # alone (never on the batch), and the step loop draws nothing.
+            self._noise.append(self._draw(generator, sample.num_steps) if sample.stochastic else None)
             self._samples.append(sample)
             self._grids.append(self.scheduler.timesteps(sample.num_steps).double().tolist())
-            self._generators.append(generator)
             self._step_index.append(0)
             cond_rows.append(sample.cond)
             uncond_rows.append(sample.uncond)
@@ -125,12 +150,12 @@ class StepBatcher:
     def _keep_rows(self, keep: list[int]) -> None:
         self._samples = [self._samples[i] for i in keep]
         self._grids = [self._grids[i] for i in keep]
-        self._generators = [self._generators[i] for i in keep]
+        self._noise = [self._noise[i] for i in keep]
         self._step_index = [self._step_index[i] for i in keep]
         if not keep:
             self._x, self._cond, self._uncond = None, {}, {}
             return
-        index = torch.tensor(keep, device=self.device)
+        index = self._on_device(keep, torch.long)
         assert self._x is not None
         self._x = self._x.index_select(0, index)
         self._cond = {k: v.index_select(0, index) for k, v in self._cond.items()}
@@ -141,25 +166,38 @@ class StepBatcher:
         """Advance every sample by one step with one (guided) model call; return and drop finished samples."""
         if not self._samples or self._x is None:
             return []
+        samples = self._samples
         t_now = [grid[i] for grid, i in zip(self._grids, self._step_index, strict=True)]
         t_next = [grid[i + 1] for grid, i in zip(self._grids, self._step_index, strict=True)]
-        scales = [s.schedule.scale_at(t) for s, t in zip(self._samples, t_now, strict=True)]
-        t = torch.tensor(t_now, device=self.device, dtype=torch.float32)
-        tn = torch.tensor(t_next, device=self.device, dtype=torch.float32)
+        dts = [a - b for a, b in zip(t_now, t_next, strict=True)]  # from the float64 grids
+        scales = [s.schedule.scale_at(t) for s, t in zip(samples, t_now, strict=True)]
+        stochastic = [float(s.stochastic) for s in samples]
+        rows = self._on_device([t_now, t_next, dts, scales, stochastic], torch.float32)  # one copy
+        t, tn, dt, scale, sde = rows.unbind(0)
+        guided = guided_rows(scales)
+        cond, uncond = self._cond, self._uncond
+        if any(s.adapter_slot != NO_ADAPTER for s in samples):
+            slots = self._on_device([s.adapter_slot for s in samples], torch.long)
+            cond, uncond = {**cond, "adapter_slots": slots}, {**uncond, "adapter_slots": slots}
         v = guided_velocity(
-            model, self._x, t, self._cond, self._uncond, torch.tensor(scales, device=self.device)
+            model,
+            self._x,
+            t,
+            cond,
+            uncond,
+            scale,
+            self._on_device(guided, torch.long) if guided else None,
+            self.model_dtype,
         )
-        stochastic = [s.stochastic for s in self._samples]
         noise = None
         if any(stochastic):
-            # Every stochastic sample draws from its own generator each step (ODE samples draw nothing), so a
-            # sample's noise depends on its seed alone, never on what else shares the batch.
-            noise = torch.zeros_like(self._x)
-            for row, (is_sde, gen) in enumerate(zip(stochastic, self._generators, strict=True)):
-                if is_sde:
-                    noise[row] = self._draw(gen)[0]
-        mask = torch.tensor(stochastic, device=self.device)
-        self._x = self.scheduler.step(self._x, v, t, tn, mask, noise)
+            noise = torch.stack(
+                [
+                    self._no_noise if n is None else n[i]
+                    for n, i in zip(self._noise, self._step_index, strict=True)
+                ]
+            )
+        self._x = self.scheduler.step(self._x, v, t, tn, sde > 0, noise, dt)
         self._step_index = [i + 1 for i in self._step_index]
         done = [i for i, s in enumerate(self._samples) if self._step_index[i] >= s.num_steps]
         if not done:
@@ -176,6 +214,9 @@ class DenoisingJob:
     samples: list[Sample]
     on_step: StepCallback | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
+    owner: Hashable = (
+        None  # who asked (the worker passes the tenant): admission shares the batch among owners
+    )
 
     @property
     def num_steps(self) -> int:
@@ -247,14 +288,22 @@ class DenoisingBatcher:
         return DenoisingResult(key, None, [s.seed for s in running.job.samples], canceled=True)
 
     def _admit(self) -> None:
-        # Whole jobs only, oldest first; a job larger than the batch limit still runs once the batch is empty.
+        # Whole jobs only. The next job is the oldest of the owner with the fewest samples running, so one
+        # owner's burst cannot hold the batch while another's job waits; a job larger than the batch limit still
+        # runs once the batch is empty.
         while self._pending:
-            job = self._pending[0]
+            job = self._next_pending()
             if self._running and len(self.batcher) + len(job.samples) > self.max_batch_size:
                 break
-            self._pending.popleft()
+            self._pending.remove(job)
             self.batcher.add(job.samples)
             self._running[job.key] = _Running(job, time.perf_counter())
+
+    def _next_pending(self) -> DenoisingJob:
+        running: dict[Hashable, int] = {}
+        for entry in self._running.values():
+            running[entry.job.owner] = running.get(entry.job.owner, 0) + len(entry.job.samples)
+        return min(self._pending, key=lambda job: running.get(job.owner, 0))  # min keeps the oldest of ties
 
     def step(self) -> list[DenoisingResult]:
         """Admit waiting jobs, advance every running job by one step, return finished and canceled jobs."""

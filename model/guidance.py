@@ -6,7 +6,7 @@ schedule; at each step only samples whose current scale differs from 1 pay for a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,11 @@ def cat_conditions(a: Condition, b: Condition) -> Condition:
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
+def guided_rows(scales: Sequence[float]) -> list[int]:
+    """The rows whose scale differs from 1, i.e. that need an unconditional pass (from host-side scales)."""
+    return [row for row, scale in enumerate(scales) if scale != 1.0]
+
+
 def guided_velocity(
     model: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -74,19 +79,24 @@ def guided_velocity(
     cond: Condition,
     uncond: Condition,
     scales: torch.Tensor,
+    guided: torch.Tensor | None,
+    model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """v = v_u + s·(v_c − v_u) per sample; rows with s == 1 skip the unconditional pass.
 
-    Conditional and unconditional rows share one forward call (one batch).
+    `guided` holds the rows whose scale differs from 1 (`guided_rows`, built on the host: finding them from
+    `scales` on the device would stall it every step), None when there are none. Conditional and
+    unconditional rows share one forward call (one batch). The model sees x in `model_dtype` (its own, e.g.
+    bf16); its velocity and the guidance combination are fp32.
     """
-    guided = torch.nonzero(scales != 1.0).flatten()
-    if guided.numel() == 0:
-        return model(x, t, **cond)
+    dtype = model_dtype or x.dtype
+    if guided is None:
+        return model(x.to(dtype), t, **cond).float()
     x_all = torch.cat([x, x.index_select(0, guided)])
     t_all = torch.cat([t, t.index_select(0, guided)])
-    v_all = model(x_all, t_all, **cat_conditions(cond, select_condition(uncond, guided)))
+    v_all = model(x_all.to(dtype), t_all, **cat_conditions(cond, select_condition(uncond, guided))).float()
     v = v_all[: x.shape[0]]
     v_uncond = v_all[x.shape[0] :]
-    s = scales.index_select(0, guided).view(-1, *([1] * (x.ndim - 1))).to(v.dtype)
+    s = scales.index_select(0, guided).view(-1, *([1] * (x.ndim - 1))).float()
     v_guided_rows = v_uncond + s * (v.index_select(0, guided) - v_uncond)
     return v.index_copy(0, guided, v_guided_rows)

@@ -123,7 +123,10 @@ class LightningDiT(ModelMixin, ConfigMixin):
             )
         h = self.x_embedder(grid_to_tokens(x)) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(class_labels)
-        rope = (self.rope_cos.to(h.dtype), self.rope_sin.to(h.dtype))
+        rope = (
+            self.rope_cos,
+            self.rope_sin,
+        )  # fp32: apply_rope rotates in fp32, not with bf16-rounded cos/sin
         route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h = block(h, c, rope)

@@ -140,7 +140,10 @@ class MMDiT(ModelMixin, ConfigMixin):
             [text_mask.bool(), text_mask.new_ones(x.shape[0], h.shape[1], dtype=torch.bool)], dim=1
         )
         attn_mask = keep[:, None, None, :]
-        rope = (self.rope_cos.to(h.dtype), self.rope_sin.to(h.dtype))
+        rope = (
+            self.rope_cos,
+            self.rope_sin,
+        )  # fp32: apply_rope rotates in fp32, not with bf16-rounded cos/sin
         route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h, ctx = block(h, ctx, c, attn_mask, rope)

@@ -72,6 +72,8 @@ class FAEPipeline(DiffusionPipeline):
             encoder=encoder,
             text_encoder=text_encoder,
         )
+        # ((device, dtype), encoding) of the empty prompt: every request's unconditional branch reuses it.
+        self._null_text: tuple[tuple[torch.device, torch.dtype], Condition] | None = None
 
     # --- construction --------------------------------------------------------------------------------
     @classmethod
@@ -165,13 +167,24 @@ class FAEPipeline(DiffusionPipeline):
             "text_pooled": emb.pooled.to(self.device, dtype),
         }
 
+    def null_text_condition(self) -> Condition:
+        """The empty prompt's encoding (the unconditional branch), encoded once per device and dtype."""
+        key = (self.device, self.generator.dtype)
+        if self._null_text is None or self._null_text[0] != key:
+            self._null_text = (key, self.encode_text([""]))
+        return self._null_text[1]
+
     def prepare_conditions(
         self,
         prompt: str | Sequence[str] | None,
         class_labels: int | Sequence[int] | None,
         num_images: int,
+        encoded: Condition | None = None,
     ) -> tuple[Condition, Condition, int]:
-        """Validate the request's condition and return (cond, uncond, batch size)."""
+        """Validate the request's condition and return (cond, uncond, batch size).
+
+        `encoded`: the prompts' encoding (each prompt repeated `num_images` times), when the caller already
+        encoded several requests' prompts in one text-encoder call (the worker's engine does)."""
         if not 1 <= num_images <= MAX_IMAGES_PER_CALL:
             raise InvalidInputError(f"num_images must be from 1 to {MAX_IMAGES_PER_CALL}, got {num_images}")
         if self.condition_type == "class":
@@ -198,8 +211,12 @@ class FAEPipeline(DiffusionPipeline):
         if not prompts or any(not isinstance(p, str) for p in prompts):
             raise InvalidInputError("prompt must be a string or a non-empty list of strings")
         prompts = [p for p in prompts for _ in range(num_images)]
-        cond = self.encode_text(prompts)
-        null = self.encode_text([""])
+        if encoded is not None and any(v.shape[0] != len(prompts) for v in encoded.values()):
+            raise InvalidInputError(
+                f"the given prompt encoding has the wrong batch size for {len(prompts)} rows"
+            )
+        cond = encoded if encoded is not None else self.encode_text(prompts)
+        null = self.null_text_condition()
         uncond = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in null.items()}
         return cond, uncond, len(prompts)
 
@@ -231,22 +248,21 @@ class FAEPipeline(DiffusionPipeline):
         sampler: str = "euler",
         key: Hashable = None,
         adapter_slot: int = 0,
+        encoded: Condition | None = None,
     ) -> list[Sample]:
         """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index).
+        `encoded`: its prompts already encoded (see `prepare_conditions`).
 
-        With LoRA slots attached to the generator (model/adapters/slots.py), every sample's cond and uncond rows
-        carry `adapter_slots` (`adapter_slot`, 0 for none), so samples with different adapters share a batch.
+        With LoRA slots attached to the generator (model/adapters/slots.py), each sample carries its
+        `adapter_slot` (0 for none), so samples with different adapters share a batch.
         """
         from .adapters import NO_ADAPTER, has_adapter_slots
 
         check_steps(num_inference_steps)
         check_sampler(sampler)
         schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
-        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images)
-        if has_adapter_slots(self.generator):
-            slots = torch.full((batch,), adapter_slot, dtype=torch.long, device=self.device)
-            cond, uncond = {**cond, "adapter_slots": slots}, {**uncond, "adapter_slots": slots}
-        elif adapter_slot != NO_ADAPTER:
+        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images, encoded)
+        if adapter_slot != NO_ADAPTER and not has_adapter_slots(self.generator):
             raise InvalidInputError("adapter_slot needs adapter slots attached to the generator")
         seeds = self.resolve_seeds(seed, batch)
         return [
@@ -258,6 +274,7 @@ class FAEPipeline(DiffusionPipeline):
                 uncond={k: v[row : row + 1] for k, v in uncond.items()},
                 schedule=schedule,
                 stochastic=sampler == "euler_maruyama",
+                adapter_slot=adapter_slot,
             )
             for row in range(batch)
         ]

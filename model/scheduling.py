@@ -89,19 +89,27 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
         t_next: torch.Tensor,
         stochastic: torch.Tensor,
         noise: torch.Tensor | None = None,
+        dt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One step per sample from t to t_next < t.
 
         Euler (ODE): x + (t_next − t)·v. Euler–Maruyama (SDE) with diffusion w_t = σ_t = t runs the
         reverse-time SDE dx = [−v + ½·w·s]dτ + √w dW (τ = 1 − t), where the score s = −(x + (1 − t)·v)/t; the
         t in w and 1/t cancel, so ½·w·s = −½·(x + (1 − t)·v). The final step to t = 0 adds no noise (the
-        "last step mean" of SiT). `stochastic` is a bool mask (B,) selecting SDE samples.
+        "last step mean" of SiT). `stochastic` is a bool mask (B,) selecting SDE samples; pass `noise` only
+        when some sample is stochastic (the caller knows on the host: reading the mask would stall the device).
+        `dt` = t − t_next when the caller has it more precisely (from float64 grids on the host).
+
+        The arithmetic runs in at least fp32 whatever x's dtype: in bf16, a 250-step grid has zero-length and
+        doubled intervals, and Euler increments fall below x's rounding step.
         """
+        dtype = torch.promote_types(x.dtype, torch.float32)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        t_, tn_ = t.view(shape).to(x.dtype), t_next.view(shape).to(x.dtype)
-        dt = t_ - tn_  # > 0
+        x, velocity = x.to(dtype), velocity.to(dtype)
+        t_ = t.view(shape).to(dtype)
+        dt = (t_ - t_next.view(shape).to(dtype)) if dt is None else dt.view(shape).to(dtype)  # > 0
         ode = x - dt * velocity
-        if noise is None or not bool(stochastic.any()):
+        if noise is None:
             return ode
         drift = -velocity - 0.5 * (x + (1.0 - t_) * velocity)
         diffusion = torch.sqrt(torch.clamp(t_ * dt, min=0.0))
@@ -110,5 +118,5 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
             if self.config.sde_last_step_mean
             else torch.zeros_like(dt, dtype=torch.bool)
         )
-        sde = x + drift * dt + torch.where(last, torch.zeros_like(noise), diffusion * noise)
+        sde = x + drift * dt + torch.where(last, torch.zeros_like(noise), diffusion * noise.to(dtype))
         return torch.where(stochastic.view(shape), sde, ode)

@@ -1,21 +1,27 @@
-"""Admitting a job: request rate, idempotency, per-tenant in-flight limit, global queue depth, then enqueue.
+"""Admitting a job: one atomic, constant-cost step in the job store, then the Celery publish.
 
-Every refusal is a 429 with Retry-After (or the idempotent replay of an earlier job); an accepted job is
-stored before it is enqueued, and a job that cannot be enqueued is marked failed, never dropped.
+The store decides in one round trip (`JobStore.admit`): an idempotent retry gets its job back (never
+limited); otherwise the tenant's rate, its in-flight count and the queue depth are checked in that order,
+and only an admitted job spends rate budget. Every refusal is a 429 with Retry-After; every answer carries
+the IETF `RateLimit` / `RateLimit-Policy` headers. An admitted job is stored and queued before it is
+published, and a job that cannot be published is marked failed, never dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
 
 from core import metrics
 from core.contract import Job, JobError, JobKind, JobStatus
 from core.jobqueue import JobQueue
-from core.jobstore import InflightLimitExceeded, InvalidTransition, JobRecords, RateLimiter
-from core.jobstore.base import utcnow
+from core.jobstore import InvalidTransition, JobRecords, JobStore
+from core.jobstore.base import RATE_PERIOD_S, Admission, AdmissionOutcome, RateBudget, utcnow
 from core.lifecycle import record_terminal
 from core.settings import LimitsSettings
 from service.problems import ProblemError, too_many_requests
@@ -24,28 +30,72 @@ logger = logging.getLogger(__name__)
 
 # How long to suggest waiting when the queue is full (jobs drain at worker speed; a guess is fine).
 QUEUE_FULL_RETRY_S = 10.0
+# How long to suggest waiting when the tenant has too many unfinished jobs.
+INFLIGHT_RETRY_S = 5.0
+# The one rate policy's name in the `RateLimit` headers.
+RATE_POLICY = "per-minute"
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_rate(rates: RateLimiter, limits: LimitsSettings, tenant: str) -> None:
-    retry_after = rates.check_rate(tenant, limits.rate_limit_per_minute)
-    if retry_after is not None:
+def rate_headers(budget: RateBudget) -> dict[str, str]:
+    """IETF `RateLimit-Policy` (quota per window) and `RateLimit` (remaining, seconds until all is back)."""
+    return {
+        "RateLimit-Policy": f'"{RATE_POLICY}";q={budget.limit};w={int(RATE_PERIOD_S)}',
+        "RateLimit": f'"{RATE_POLICY}";r={budget.remaining};t={math.ceil(budget.reset_s)}',
+    }
+
+
+def _refusal(admission: Admission, kind: JobKind, limits: LimitsSettings) -> ProblemError:
+    outcome = admission.outcome
+    if outcome is AdmissionOutcome.rate_limited:
         detail = f"more than {limits.rate_limit_per_minute} requests a minute for this tenant; slow down"
-        raise too_many_requests(detail, retry_after)
+        problem = too_many_requests(detail, admission.retry_after_s or 1.0)
+    elif outcome is AdmissionOutcome.inflight_limited:
+        detail = f"this tenant already has {limits.max_inflight_per_tenant} unfinished jobs; retry when some finish"
+        problem = too_many_requests(detail, INFLIGHT_RETRY_S, slug="inflight-limit")
+    else:
+        detail = f"the {kind.value} queue is full ({admission.queue_depth} jobs waiting); retry later"
+        problem = too_many_requests(detail, QUEUE_FULL_RETRY_S, slug="queue-full")
+    problem.headers = {**(problem.headers or {}), **rate_headers(admission.budget)}
+    return problem
 
 
-def check_capacity(jobs: JobRecords, limits: LimitsSettings, tenant: str, kind: JobKind) -> None:
-    """The non-atomic pre-check (the in-flight limit is enforced atomically again at create)."""
-    if jobs.inflight_count(tenant) >= limits.max_inflight_per_tenant:
-        raise InflightLimitExceeded(tenant, limits.max_inflight_per_tenant)  # a 429 (see problems.py)
-    depth = jobs.queue_depth(kind)
-    metrics.QUEUE_DEPTH.labels(queue=kind.value).set(depth)
-    if depth >= limits.max_queue_depth:
-        detail = f"the {kind.value} queue is full ({depth} jobs waiting); retry later"
-        raise too_many_requests(detail, QUEUE_FULL_RETRY_S, slug="queue-full")
+def _observe(admission: Admission, kind: JobKind) -> None:
+    if admission.queue_depth is not None:
+        metrics.QUEUE_DEPTH.labels(queue=kind.value).set(admission.queue_depth)
+
+
+async def check_admission(store: JobStore, limits: LimitsSettings, tenant: str, kind: JobKind) -> RateBudget:
+    """Refuse early (before a long upload) what `admit` would refuse now; counts and stores nothing."""
+    admission = await store.admit(tenant, kind, limits)
+    _observe(admission, kind)
+    if admission.outcome is not AdmissionOutcome.admissible:
+        raise _refusal(admission, kind, limits)
+    return admission.budget
+
+
+async def admit(
+    store: JobStore,
+    queue: JobQueue,
+    limits: LimitsSettings,
+    job: Job,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> Admission:
+    """Store, index and queue `job` atomically (or replay the key's earlier job), then publish it.
+
+    The admission's `job` is the created or replayed job with its queue position; a refusal raises a 429
+    problem and a reused key with another body raises IdempotencyConflict."""
+    admission = await store.admit(job.tenant, job.kind, limits, job, idempotency_key, body_hash)
+    _observe(admission, job.kind)
+    if admission.outcome is AdmissionOutcome.created:
+        await run_in_threadpool(publish, store, queue, job)
+    elif admission.outcome is not AdmissionOutcome.replayed:
+        raise _refusal(admission, job.kind, limits)
+    return admission
 
 
 def build_job(
@@ -70,25 +120,14 @@ def build_job(
     )
 
 
-def create_and_enqueue(
-    jobs: JobRecords,
-    queue: JobQueue,
-    limits: LimitsSettings,
-    job: Job,
-    idempotency_key: str | None = None,
-    body_hash: str | None = None,
-) -> tuple[Job, bool]:
-    """Store the job (atomically within the in-flight limit), then enqueue it. (job, created)."""
-    stored, created = jobs.create(
-        job, idempotency_key, body_hash, max_inflight=limits.max_inflight_per_tenant
-    )
-    if created:
-        enqueue(jobs, queue, stored)
-    return stored, created
-
-
 def enqueue(jobs: JobRecords, queue: JobQueue, job: Job) -> None:
+    """Queue a job stored outside admission (an operator's replay), then publish it."""
     jobs.mark_enqueued(job)
+    publish(jobs, queue, job)
+
+
+def publish(jobs: JobRecords, queue: JobQueue, job: Job) -> None:
+    """Hand a stored, queued job to the workers; if that fails the job is marked failed (a 503)."""
     try:
         queue.enqueue(job)
     except Exception as exc:

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core import metrics
 from core.jobqueue import CeleryJobQueue, JobQueue
 from core.jobstore import JobStore, make_job_store
 from core.logs import configure_logging, register_secret
@@ -25,8 +26,9 @@ from core.settings import GatewaySettings, Settings, get_settings
 from core.storage import Storage, make_storage
 from service.auth import ApiKeyRegistry
 from service.catalog import ModelCatalog
+from service.datasets import UploadSlots
 from service.deps import Services
-from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, UnexpectedErrorMiddleware
 from service.problems import install_problem_handlers
 from service.routes import admin, files, finetunes, generate, health, jobs, models, webhook_secret
 
@@ -56,6 +58,9 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.process)
+    # Every request is logged once, by RequestContextMiddleware (`fae.access`, with its route and tenant);
+    # uvicorn's own access log stays off even where uvicorn configured logging before this app was built.
+    logging.getLogger("uvicorn.access").disabled = True
     for secret in (settings.webhooks.signing_key, settings.storage.s3_secret_access_key):
         if secret:
             register_secret(secret)
@@ -68,7 +73,8 @@ def create_app(
     store = job_store or make_job_store(settings)
     storage = storage or make_storage(settings)
     queue = job_queue or CeleryJobQueue(settings)
-    services = Services(settings, store, storage, queue, keys, ModelCatalog(settings))
+    uploads = UploadSlots(settings.gateway.max_concurrent_uploads)
+    services = Services(settings, store, storage, queue, keys, ModelCatalog(settings), uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +85,9 @@ def create_app(
         finally:
             queue.stop()
             if owns_store:
+                await store.aclose()
                 store.close()
+            metrics.mark_process_dead()  # one of several gateway processes: its live gauges go with it
 
     app = FastAPI(
         title="fae-serve",
@@ -91,7 +99,8 @@ def create_app(
     install_problem_handlers(app)
     for module in (generate, jobs, finetunes, models, webhook_secret, admin, files, health):
         app.include_router(module.router)
-    # Outermost last: the request context sees every response, including a 413 from the size limit.
+    # Outermost last: the request context sees every response, including a 413 from the size limit and a 500.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_body_limits(settings.gateway))
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -1,17 +1,29 @@
 """Fine-tune datasets arriving with a request: images (or a zip of them, with optional captions) are checked
-and written to storage under `tenants/<tenant>/datasets/<job>/` before the job is queued."""
+and written to storage under `tenants/<tenant>/datasets/<job>/` before the job is queued.
+
+Memory stays bounded whatever the upload claims: every file (an upload or a zip member) is copied in small
+chunks to a temporary file, counted against the per-file and whole-dataset budgets as it inflates and refused
+at the first byte past either; an image's size in pixels is read from its header and refused before anything
+decodes it; and `UploadSlots` bounds how many uploads a gateway process unpacks at once.
+"""
 
 from __future__ import annotations
 
-import io
 import re
+import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from core.settings import GatewaySettings
 from core.storage import Storage, content_type_for
+from service.problems import ProblemError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
@@ -19,6 +31,9 @@ IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 TEXT_EXTENSIONS = frozenset({".txt", ".json", ".jsonl"})
 MAX_TEXT_BYTES = 1024 * 1024
 MAX_FILES = 10_000
+_CHUNK = 256 * 1024
+# How long to suggest waiting when every upload slot is taken (an upload takes seconds to minutes).
+UPLOADS_BUSY_RETRY_S = 15
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -52,20 +67,62 @@ def _extension(name: str) -> str:
     return name[dot:].lower() if dot > 0 else ""
 
 
-def check_image(name: str, data: bytes) -> None:
+def check_image(name: str, path: Path, max_pixels: int) -> None:
+    """A PNG, JPEG or WebP of at most `max_pixels`, judged from its header (a decompression bomb is refused
+    before anything decodes it) and then verified."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
-            image.verify()
+        with Image.open(path) as image:
+            image_format, (width, height) = image.format, image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UploadRejected(f"{name} is not a readable image") from exc
     if image_format not in IMAGE_FORMATS:
         raise UploadRejected(f"{name} is {image_format}; use PNG, JPEG or WebP")
+    if width * height > max_pixels:
+        raise UploadRejected(f"{name} is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UploadRejected(f"{name} is not a readable image") from exc
+
+
+class UploadSlots:
+    """How many uploads one gateway process unpacks at once; past that, a 503 with Retry-After (a client
+    retries; waiting here would keep its whole upload on the gateway's disk meanwhile). Taken and given back
+    on the event loop only, so a plain counter is enough."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.busy = limit, 0
+
+    def take(self) -> None:
+        if self.busy >= self.limit:
+            raise ProblemError(
+                503,
+                "Service Unavailable",
+                f"this gateway is already unpacking {self.limit} uploads; retry shortly",
+                "uploads-busy",
+                headers={"Retry-After": str(UPLOADS_BUSY_RETRY_S)},
+                retry_after=UPLOADS_BUSY_RETRY_S,
+            )
+        self.busy += 1
+
+    def give_back(self) -> None:
+        self.busy -= 1
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.take()
+        try:
+            yield
+        finally:
+            self.give_back()
 
 
 class DatasetWriter:
-    def __init__(self, storage: Storage, prefix: str, max_bytes: int) -> None:
-        self.storage, self.prefix, self.max_bytes = storage, prefix, max_bytes
+    def __init__(self, storage: Storage, prefix: str, gateway: GatewaySettings) -> None:
+        self.storage, self.prefix = storage, prefix
+        self.max_bytes, self.max_file_bytes = gateway.max_upload_bytes, gateway.max_dataset_file_bytes
+        self.max_pixels = gateway.max_image_pixels
         self.summary = DatasetSummary()
         self._names: set[str] = set()
 
@@ -78,37 +135,48 @@ class DatasetWriter:
         self._names.add(candidate)
         return candidate
 
-    def add(self, original_name: str, data: bytes) -> None:
+    def _copy(self, original_name: str, source: BinaryIO, target: BinaryIO, file_limit: int) -> None:
+        """Copy in chunks, counting every byte against the file's and the dataset's budgets."""
+        size = 0
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            self.summary.bytes += len(chunk)
+            if size > file_limit:
+                raise UploadTooLarge(f"{original_name} is larger than {file_limit} bytes")
+            if self.summary.bytes > self.max_bytes:
+                raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
+            target.write(chunk)
+        target.flush()
+
+    def add(self, original_name: str, source: BinaryIO) -> None:
+        """One file: checked by its name, streamed to a temporary file, checked by its content, stored."""
         name = safe_name(original_name)
         if name is None:
             return
         extension = _extension(name)
-        if extension in IMAGE_EXTENSIONS:
-            check_image(original_name, data)
-            self.summary.images += 1
-        elif extension in TEXT_EXTENSIONS:
-            if len(data) > MAX_TEXT_BYTES:
-                raise UploadRejected(f"{original_name} is larger than {MAX_TEXT_BYTES} bytes")
-            self.summary.texts += 1
-        else:
+        if extension not in IMAGE_EXTENSIONS | TEXT_EXTENSIONS:
             raise UploadRejected(
                 f"{original_name}: only images ({', '.join(sorted(IMAGE_EXTENSIONS))}), captions "
                 f"({', '.join(sorted(TEXT_EXTENSIONS))}) and .zip archives of them can be uploaded"
             )
-        self.summary.bytes += len(data)
-        if self.summary.bytes > self.max_bytes:
-            raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes")
-        if self.summary.images + self.summary.texts > MAX_FILES:
+        if self.summary.images + self.summary.texts >= MAX_FILES:
             raise UploadRejected(f"the dataset has more than {MAX_FILES} files")
-        name = self._unique(name)
-        self.storage.put_bytes(self.prefix + name, data, content_type_for(name))
+        is_image = extension in IMAGE_EXTENSIONS
+        with tempfile.NamedTemporaryFile(prefix="fae-upload-") as spool:
+            self._copy(original_name, source, spool, self.max_file_bytes if is_image else MAX_TEXT_BYTES)
+            if is_image:
+                check_image(original_name, Path(spool.name), self.max_pixels)
+                self.summary.images += 1
+            else:
+                self.summary.texts += 1
+            name = self._unique(name)
+            self.storage.put_file(self.prefix + name, spool.name, content_type_for(name))
 
     def add_upload(self, filename: str, stream: BinaryIO) -> None:
         if _extension(filename) == ".zip":
             self.add_zip(filename, stream)
-            return
-        data = stream.read(self.max_bytes + 1)
-        self.add(filename, data)
+        else:
+            self.add(filename, stream)
 
     def add_zip(self, filename: str, stream: BinaryIO) -> None:
         try:
@@ -120,15 +188,11 @@ class DatasetWriter:
             if len(members) > MAX_FILES:
                 raise UploadRejected(f"{filename} has more than {MAX_FILES} files")
             for info in members:
-                # Declared sizes can lie: read at most what is left of the budget, plus one byte.
-                budget = self.max_bytes - self.summary.bytes
-                if info.file_size > budget:
-                    raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
+                # A declared size past the budget is refused at once; a lying one is caught while inflating.
+                if info.file_size > min(self.max_file_bytes, self.max_bytes - self.summary.bytes):
+                    raise UploadTooLarge(f"{info.filename} in {filename} is too large once unpacked")
                 try:
                     with archive.open(info) as member:
-                        data = member.read(budget + 1)
-                except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+                        self.add(info.filename, member)
+                except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as exc:
                     raise UploadRejected(f"{filename}: cannot read {info.filename}") from exc
-                if len(data) > budget:
-                    raise UploadTooLarge(f"the dataset is larger than {self.max_bytes} bytes once unpacked")
-                self.add(info.filename, data)

@@ -18,6 +18,7 @@ from core.settings import Settings
 from core.storage import Storage
 from service.auth import ApiKeyRegistry, Principal
 from service.catalog import ModelCatalog
+from service.datasets import UploadSlots
 from service.problems import ProblemError
 
 
@@ -29,9 +30,11 @@ class Services:
     queue: JobQueue
     keys: ApiKeyRegistry
     models: ModelCatalog
+    uploads: UploadSlots
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async so FastAPI calls it on the event loop: a sync dependency costs a thread-pool hop per request."""
     return request.app.state.services
 
 
@@ -60,18 +63,18 @@ async def authenticate(
     return principal
 
 
+def missing_scope(scope: str) -> ProblemError:
+    return ProblemError(
+        403, "Forbidden", f"this API key lacks the `{scope}` scope", "missing-scope", required_scope=scope
+    )
+
+
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits keys holding `scope` (403 otherwise)."""
 
     async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.has(scope):
-            raise ProblemError(
-                403,
-                "Forbidden",
-                f"this API key lacks the `{scope}` scope",
-                "missing-scope",
-                required_scope=scope,
-            )
+            raise missing_scope(scope)
         return principal
 
     dependency.__name__ = f"require_{scope}"

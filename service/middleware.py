@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request context + metrics + access log, and request body size limits.
+"""Pure ASGI middleware: request context + metrics + access log, request body size limits, and the last-resort
+500 that keeps the connection open.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses stay streamed and context variables set by
 dependencies stay visible here after the response.
@@ -19,6 +20,7 @@ from core import metrics
 from core.logs import job_id_var, request_id_var, tenant_var
 from service.problems import problem_response
 
+logger = logging.getLogger(__name__)
 access_log = logging.getLogger("fae.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -66,6 +68,36 @@ class RequestContextMiddleware:
                 status_code,
                 extra={"route": template, "status_code": status_code, "duration_s": round(elapsed, 4)},
             )
+
+
+class UnexpectedErrorMiddleware:
+    """An unhandled exception becomes a 500 problem here, and stops here. Starlette's own last-resort handler
+    answers and then re-raises, so the server closes the connection and a keep-alive client's next request on
+    it fails; answered here, the connection stays usable. Once a response has started (a stream), nothing can
+    be answered any more, so the error goes on up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            detail = "an unexpected error occurred; it was logged (quote the request_id when reporting it)"
+            await problem_response(500, None, detail, slug="internal")(scope, receive, send)
 
 
 class BodyTooLarge(HTTPException):

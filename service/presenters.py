@@ -10,18 +10,26 @@ from urllib.parse import urljoin
 
 from fastapi import Request
 
-from core.contract import Job, JobKind, JobStatus
+from core.contract import Job, JobKind, JobStatus, dataset_key, job_prefix
 from core.jobstore import JobRecords
 from core.lifecycle import record_terminal
 from core.storage import presign_outputs
-from service.deps import Services
-from service.problems import not_found
+from service.auth import Principal
+from service.deps import Services, missing_scope
+from service.problems import ProblemError, not_found
 from service.schemas import JobPage
 from service.validation import invalid
 
 
+def presenting_blocks(job: Job) -> bool:
+    """Whether `present_job` may wait on storage (presigning) or the job store (an unknown queue position);
+    when not, an async route calls it on the event loop instead of a thread."""
+    return bool(job.outputs) or (job.status is JobStatus.queued and job.queue_position is None)
+
+
 def present_job(job: Job, services: Services, request: Request) -> Job:
-    """Outputs as presigned URLs (absolute), and the queue position of a queued job."""
+    """Outputs as presigned URLs (absolute), and the queue position of a queued job (looked up unless the
+    job was read with it: `JobStore.fetch`, admission)."""
     job = presign_outputs(job, services.storage, services.settings.storage.presign_expiry_s)
     if job.outputs and any(o.url and o.url.startswith("/") for o in job.outputs):
         base = str(request.base_url)
@@ -35,7 +43,7 @@ def present_job(job: Job, services: Services, request: Request) -> Job:
                 ]
             }
         )
-    if job.status is JobStatus.queued:
+    if job.status is JobStatus.queued and job.queue_position is None:
         job = job.model_copy(update={"queue_position": services.store.queue_position(job.id)})
     return job
 
@@ -48,6 +56,34 @@ def owned_job(jobs: JobRecords, tenant: str, job_id: str, kind: JobKind | None =
     return job
 
 
+def scoped_job(jobs: JobRecords, principal: Principal, job_id: str) -> Job:
+    """The caller's job on the routes shared by both kinds: 404 for another tenant's, 403 when the key lacks the
+    scope of the job's kind (a generate-only key never reads a fine-tune, nor the reverse)."""
+    return visible_job(jobs.get(job_id), principal, job_id)
+
+
+def visible_job(job: Job | None, principal: Principal, job_id: str) -> Job:
+    """`scoped_job`'s checks on a job already read (the GET route reads it with its queue position)."""
+    if job is None or job.tenant != principal.tenant:
+        raise not_found("job", job_id)
+    if not principal.has(job.kind.value):
+        raise missing_scope(job.kind.value)
+    return job
+
+
+def listed_kind(principal: Principal, kind: JobKind | None) -> JobKind | None:
+    """The kind a shared listing may show this key: the one asked for (if its scope is held), else the one kind
+    the key holds, else both (None)."""
+    if kind is not None:
+        if not principal.has(kind.value):
+            raise missing_scope(kind.value)
+        return kind
+    held = [k for k in JobKind if principal.has(k.value)]
+    if not held:
+        raise missing_scope(JobKind.generate.value)
+    return held[0] if len(held) == 1 else None
+
+
 def job_page(
     services: Services, request: Request, tenant: str, kind: JobKind | None, limit: int, cursor: str | None
 ) -> JobPage:
@@ -57,6 +93,20 @@ def job_page(
     except ValueError as exc:
         raise invalid("cursor", "not a cursor this API returned") from exc
     return JobPage(data=[present_job(job, services, request) for job in jobs], next_cursor=next_cursor)
+
+
+def delete_job(services: Services, job: Job) -> None:
+    """A finished job's images, its uploaded dataset (fine-tunes) and then its record: storage first, so a
+    storage outage (503) leaves the record to delete again. An adapter it trained stays (DELETE the adapter)."""
+    if not job.status.terminal:
+        detail = (
+            f"job {job.id} is {job.status.value}; cancel it (POST /v1/jobs/{job.id}/cancel), then delete it"
+        )
+        raise ProblemError(409, "Conflict", detail, "job-not-finished")
+    services.storage.delete_prefix(job_prefix(job.tenant, job.id))
+    if job.kind is JobKind.finetune:
+        services.storage.delete_prefix(dataset_key(job.tenant, job.id))
+    services.store.delete_finished(job)
 
 
 def cancel_job(services: Services, job: Job) -> Job:

@@ -1,8 +1,8 @@
 """RFC 9457 problem details: every error the API returns is `application/problem+json`.
 
 Routes raise `ProblemError` (or a job-store error, mapped here); FastAPI's validation errors, routing
-errors (404/405) and anything unexpected (500, logged, internals hidden) are turned into problems by the
-handlers that `install_problem_handlers` registers.
+errors (404/405) are turned into problems by the handlers that `install_problem_handlers` registers; anything
+unexpected (500, logged, internals hidden) by `service.middleware.UnexpectedErrorMiddleware`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.jobstore import IdempotencyConflict, InflightLimitExceeded, InvalidTransition, JobNotFound
 from core.logs import request_id_var
+from core.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else None
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.url.path!r}; see /docs for the API"
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body does not parse as JSON (malformed, or nested too deeply)"
         slug = "body-too-large" if exc.status_code == 413 else None
         return problem_response(exc.status_code, None, detail, slug, headers=getattr(exc, "headers", None))
 
@@ -166,6 +169,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = f"this tenant already has {exc.limit} unfinished jobs; retry when some finish"
         return too_many_requests(detail, 5, slug="inflight-limit").response()
 
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        logger.error("object storage unavailable: %s", exc)
+        return problem_response(
+            503,
+            "Service Unavailable",
+            "object storage is unreachable; nothing was kept, retry shortly",
+            slug="storage-unavailable",
+            headers={"Retry-After": "10"},
+            retry_after=10,
+        )
+
     @app.exception_handler(redis.RedisError)
     async def _store_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         logger.error("job store unavailable: %s", type(exc).__name__)
@@ -175,14 +190,4 @@ def install_problem_handlers(app: FastAPI) -> None:
             "the job store is unreachable; retry shortly",
             slug="store-unavailable",
             headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            500,
-            "Internal Server Error",
-            "an unexpected error occurred; it was logged (quote the request_id when reporting it)",
-            slug="internal",
         )

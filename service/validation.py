@@ -3,6 +3,7 @@ as a 422 shaped like FastAPI's own validation errors."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from core.contract import GenerateRequest
@@ -22,6 +23,15 @@ def invalid(field: str, message: str) -> ProblemError:
         slug="validation-error",
         errors=[{"loc": ["body", field], "msg": message, "type": "value_error"}],
     )
+
+
+def parse_json(raw: str | bytes, field: str) -> Any:
+    """JSON sent outside a typed body (a fine-tune's JSON body, a form's `metadata`): JSON that does not parse, or
+    nests past what the parser can follow, is the caller's error, not a 500."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(field, "is not valid JSON (or nests too deeply)") from exc
 
 
 def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:

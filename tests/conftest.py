@@ -7,10 +7,12 @@ fresh bucket (`s3_bucket`) per test, so nothing needs flushing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,3 +217,65 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"fae-{uuid.uuid4().hex[:16]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:port to the S3 server until `cut()` (connections refused) and after `restore()`."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+            self._listener.close()
+            self._listener = None
+        for sock in self._open:
+            sock.close()
+        self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._open += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def s3_proxy(s3_server: S3Server) -> Iterator[CuttableProxy]:
+    """The session's S3 server behind a proxy that a test can cut (a storage outage) and restore."""
+    upstream = int(s3_server.endpoint_url.rsplit(":", 1)[1])
+    proxy = CuttableProxy(upstream)
+    proxy.restore()
+    try:
+        yield proxy
+    finally:
+        proxy.cut()

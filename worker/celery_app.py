@@ -1,4 +1,4 @@
-"""The worker's Celery app: ``celery -A worker.celery_app worker --pool=solo -Q generate,webhooks``.
+"""The worker's Celery app: ``celery -A worker.celery_app worker --pool=threads -Q generate,webhooks``.
 
 Tasks take a job id only; everything else is in the job store. Signals tie the process's life to a
 ``WorkerRuntime``: ``worker_init`` (before the consumer starts) loads and warms the model, ``worker_ready``
@@ -15,6 +15,7 @@ from celery import signals
 from core.jobqueue import send_webhook_task
 from core.logs import bind, configure_logging
 from core.settings import Settings, get_settings
+from core.storage import StorageUnavailable
 from core.tasks import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
 from worker.jobs import execute_job
 from worker.jobs.webhook import attempt_delivery
@@ -38,10 +39,10 @@ def runtime() -> WorkerRuntime:
     return _runtime
 
 
-# A job store outage before a job starts must not lose the message (the job would stay queued forever):
-# such a task is sent again with backoff. Failures once the job runs are recorded on the job instead.
+# A job store or object storage outage before a job starts must not lose the message (the job would stay
+# queued forever): such a task is sent again with backoff. Failures once the job runs are recorded on the job.
 _STORE_OUTAGE = {
-    "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StorageUnavailable),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": 20,

@@ -1,8 +1,9 @@
 """Embedded mode's job queue: jobs run in the gateway's process through the same code as a Celery worker.
 
-One thread runs jobs through the same ``execute_job`` as the Celery tasks, one more delivers webhooks with the
-same retry policy. The model loads in the background at ``start``, so the gateway answers at once and turns
-ready when the model is warm. Only the composition root (``fae/embedded.py``) builds one.
+``FAE_WORKER_CONCURRENCY`` threads run jobs through the same ``execute_job`` as the Celery tasks (so, as in a
+Celery worker, that many jobs share the engine's generator calls), one more delivers webhooks with the same
+retry policy. The model loads in the background at ``start``, so the gateway answers at once and turns ready
+when the model is warm. Only the composition root (``fae/embedded.py``) builds one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class InProcessJobQueue(JobQueue):
-    """Embedded mode: one thread runs jobs through the same ``execute_job`` as the Celery task, one more
+    """Embedded mode: job threads run jobs through the same ``execute_job`` as the Celery task, one more
     delivers webhooks with the same retry policy. The model loads in the background at ``start``."""
 
     def __init__(self, settings: Settings, store: JobStore, storage: Storage) -> None:
@@ -41,7 +42,9 @@ class InProcessJobQueue(JobQueue):
         self._webhook_wakeup = threading.Condition()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # job threads and the webhook thread
+        self._loaded = threading.Event()  # set once the engine is warm (or failed to load: then no context)
+        self._context: JobContext | None = None
         self.engine: Engine | None = None
 
     # --- JobQueue ------------------------------------------------------------------------------------
@@ -72,16 +75,21 @@ class InProcessJobQueue(JobQueue):
         if self._threads:
             return
         self._stopping.clear()
+        threading.Thread(target=self._load, name="fae-inprocess-loader", daemon=True).start()
         self._threads = [
-            threading.Thread(target=self._run_jobs, name="fae-inprocess-worker", daemon=True),
-            threading.Thread(target=self._run_webhooks, name="fae-inprocess-webhooks", daemon=True),
+            threading.Thread(target=self._run_jobs, name=f"fae-inprocess-worker-{i}", daemon=True)
+            for i in range(self.settings.worker.concurrency)
         ]
+        self._threads.append(
+            threading.Thread(target=self._run_webhooks, name="fae-inprocess-webhooks", daemon=True)
+        )
         for thread in self._threads:
             thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stopping.set()
-        self._jobs.put(None)
+        for _ in range(self.settings.worker.concurrency):
+            self._jobs.put(None)
         with self._webhook_wakeup:
             self._webhook_wakeup.notify_all()
         for thread in self._threads:
@@ -91,22 +99,31 @@ class InProcessJobQueue(JobQueue):
         if self.engine is not None:
             self.engine.close()
 
-    # --- the job thread -------------------------------------------------------------------------------
-    def _run_jobs(self) -> None:
+    # --- the job threads ------------------------------------------------------------------------------
+    def _load(self) -> None:
         try:
             self.engine = load_and_warm(self.settings.engine, self.settings.catalog)
+            self._context = JobContext(
+                self.store,
+                self.storage,
+                self.engine,
+                self.settings,
+                worker_id=make_worker_id(),
+                on_terminal=self.notify_terminal,
+            )
+            metrics.WORKER_READY.set(1)
         except Exception:
             log.exception("embedded worker could not load its model; jobs stay queued")
+        finally:
+            self._loaded.set()  # the job threads start, or (no context) give up
+
+    def _run_jobs(self) -> None:
+        while not self._loaded.wait(0.5):
+            if self._stopping.is_set():
+                return
+        context = self._context
+        if context is None:  # the model did not load: jobs stay queued, /readyz says not ready
             return
-        metrics.WORKER_READY.set(1)
-        context = JobContext(
-            self.store,
-            self.storage,
-            self.engine,
-            self.settings,
-            worker_id=make_worker_id(),
-            on_terminal=self.notify_terminal,
-        )
         while not self._stopping.is_set():
             item = self._jobs.get()
             if item is None:

@@ -21,6 +21,7 @@ from core.contract import Job, JobStatus
 from core.jobstore import InvalidTransition, JobStore
 from core.lifecycle import dead_letter
 from core.settings import Settings, WorkerSettings
+from worker.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def reap_once(
                 "worker lost: job requeued",
                 extra={"job_id": job_id, "tenant": job.tenant, "deliveries": deliveries},
             )
+        store.prune_inflight()  # jobs that expired unfinished: off the gateway's admission path
     finally:
         if lock is not None:
             lock.release()
@@ -156,9 +158,10 @@ class Reaper:
         lock: RedisLock,
         requeue: Callable[[Job], None],
         on_terminal: Callable[[Job], None] | None = None,
+        sweeper: RetentionSweeper | None = None,
     ) -> None:
         self._store, self._settings, self._lock = store, settings, lock
-        self._requeue, self._on_terminal = requeue, on_terminal
+        self._requeue, self._on_terminal, self._sweeper = requeue, on_terminal, sweeper
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -178,6 +181,8 @@ class Reaper:
             started = time.monotonic()
             try:
                 reap_once(self._store, self._settings, self._requeue, self._on_terminal, self._lock)
+                if self._sweeper is not None:
+                    self._sweeper.maybe_sweep()
             except Exception:
                 log.exception("reaper pass failed; trying again next interval")
             self._stop.wait(max(self._settings.reaper_interval_s - (time.monotonic() - started), 0.05))

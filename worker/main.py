@@ -23,10 +23,11 @@ def check_queues(queues: Sequence[str]) -> list[str]:
 
 
 def run_worker(settings: Settings, queues: Sequence[str]) -> int:
-    """Run a Celery worker (solo pool, concurrency 1) on ``queues``; blocks until the worker stops.
+    """Run a Celery worker on ``queues``; blocks until the worker stops.
 
-    The model is loaded and warmed before the consumer starts (see ``worker.celery_app``); run one such
-    process per GPU (``FAE_DEVICE=cuda:N``). A worker for ``webhooks`` alone loads no model.
+    One process per GPU (``FAE_DEVICE=cuda:N``) with a thread pool of ``FAE_WORKER_CONCURRENCY`` jobs: each job
+    thread waits on the engine, whose device thread denoises all of them together. The model is loaded and
+    warmed before the consumer starts (see ``worker.celery_app``). A worker for ``webhooks`` alone loads no model.
     """
     chosen = check_queues(queues)
     from worker import celery_app
@@ -34,8 +35,8 @@ def run_worker(settings: Settings, queues: Sequence[str]) -> int:
     celery_app.configure(settings)
     argv = [
         "worker",
-        "--pool=solo",
-        "--concurrency=1",
+        "--pool=threads",
+        f"--concurrency={settings.worker.concurrency}",
         f"--queues={','.join(chosen)}",
         f"--hostname=fae-{os.getpid()}@%h",
         f"--loglevel={settings.process.log_level}",
@@ -52,7 +53,9 @@ def run_reaper(settings: Settings, once: bool = False) -> int:
     """Run the lease reaper alone (every worker already runs one; this is for operators and cron)."""
     from core.jobqueue import CeleryJobQueue
     from core.jobstore import make_job_store
+    from core.storage import make_storage
     from worker.leases import Reaper, reap_once, reaper_lock
+    from worker.retention import RetentionSweeper
 
     store = make_job_store(settings)
     sender = CeleryJobQueue(settings)
@@ -70,8 +73,9 @@ def run_reaper(settings: Settings, once: bool = False) -> int:
                 },
             )
             return 0
+        sweeper = RetentionSweeper(make_storage(settings), settings.storage)
         Reaper(
-            store, settings.worker, reaper_lock(settings), sender.enqueue, sender.notify_terminal
+            store, settings.worker, reaper_lock(settings), sender.enqueue, sender.notify_terminal, sweeper
         ).run_forever()
         return 0
     finally:

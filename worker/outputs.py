@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from core.contract import JobOutput, output_key
-from core.storage import Storage
+from core.storage import Storage, retry_storage
 
 # output_format → (Pillow format, content type, encoder options)
 IMAGE_FORMATS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -27,13 +27,22 @@ def encode_image(image: Any, output_format: str) -> tuple[bytes, str]:
 
 
 def upload_images(
-    storage: Storage, tenant: str, job_id: str, images: list[Any], seeds: list[int], output_format: str
+    storage: Storage,
+    tenant: str,
+    job_id: str,
+    images: list[Any],
+    seeds: list[int],
+    output_format: str,
+    retry_s: float,
 ) -> list[JobOutput]:
-    """Encode and store every image; a redelivered job writes the same keys, overwriting its own outputs."""
+    """Encode and store every image; a redelivered job writes the same keys, overwriting its own outputs.
+
+    The images are encoded once and kept while storage is retried (for up to `retry_s`), so a short storage
+    outage costs a wait, never the denoising work."""
+    encoded = [encode_image(image, output_format) for image in images]
     outputs = []
-    for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-        data, content_type = encode_image(image, output_format)
+    for index, ((data, content_type), seed) in enumerate(zip(encoded, seeds, strict=True)):
         key = output_key(tenant, job_id, index, output_format)
-        storage.put_bytes(key, data, content_type)
+        retry_storage(lambda: storage.put_bytes(key, data, content_type), retry_s)  # noqa: B023 (called at once)
         outputs.append(JobOutput(index=index, seed=seed, key=key, content_type=content_type))
     return outputs

@@ -18,6 +18,7 @@ from worker.engine import Engine, load_and_warm
 from worker.http import WorkerHTTPServer
 from worker.jobs.common import JobContext, make_worker_id
 from worker.leases import Reaper, reaper_lock
+from worker.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class WorkerRuntime:
             reaper_lock(settings),
             requeue=self.sender.enqueue,
             on_terminal=self.sender.notify_terminal,
+            sweeper=RetentionSweeper(self.storage, settings.storage),
         ).start()
         log.info("worker booted", extra={"worker_id": self.worker_id, "queues": self.queues})
 
@@ -79,6 +81,7 @@ class WorkerRuntime:
             "model": self.engine.ready if self.engine is not None else not (MODEL_QUEUES & set(self.queues)),
             "consuming": self.consuming,
             "redis": self.store is not None and self.store.ping(),
+            "storage": self.storage is not None and self.storage.ping(),
         }
         return all(checks.values()), {"checks": checks, "queues": self.queues}
 

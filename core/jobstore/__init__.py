@@ -14,7 +14,6 @@ from core.jobstore.base import (
     JobStore,
     JobStoreError,
     LeaseBook,
-    RateLimiter,
     body_hash,
 )
 from core.jobstore.memory_store import MemoryJobStore
@@ -34,7 +33,6 @@ __all__ = [
     "JobStoreError",
     "LeaseBook",
     "MemoryJobStore",
-    "RateLimiter",
     "RedisJobStore",
     "body_hash",
     "make_job_store",

@@ -1,7 +1,8 @@
 """The job store's roles, its errors, and the rules both backends share.
 
-The store is the composition of five roles (`JobRecords`, `LeaseBook`, `RateLimiter`, `AdapterRegistry`,
-`JobEventBus`); callers that need one role can be typed with it. A backend only decides *where* records
+The store is the composition of four roles (`JobRecords`, `LeaseBook`, `AdapterRegistry`, `JobEventBus`)
+plus what spans them, admission (rate budget, limits, storing and queueing in one step); callers that need
+one role can be typed with it. A backend only decides *where* records
 live and how a change is made atomic: what a transition does to a job (timestamps, attempts, the refusal to
 go backwards), how a cancel request lands, and what dead-lettering does are defined once here, on top of
 the contract's `can_transition`.
@@ -12,9 +13,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +32,7 @@ from core.contract import (
     Progress,
     can_transition,
 )
+from core.settings import LimitsSettings
 
 
 class JobStoreError(Exception):
@@ -140,6 +145,43 @@ def gcra(tat: float | None, now: float, limit_per_minute: int) -> tuple[float | 
     return None, new_tat
 
 
+@dataclass(frozen=True)
+class RateBudget:
+    """A tenant's per-minute budget as the IETF `RateLimit` headers state it."""
+
+    limit: int
+    remaining: int
+    reset_s: float  # until the whole budget is back
+
+
+def rate_budget(tat: float, now: float, limit_per_minute: int) -> RateBudget:
+    """The budget left at `now` when the theoretical arrival time (GCRA) is `tat`."""
+    interval = RATE_PERIOD_S / limit_per_minute
+    tat = max(tat, now)
+    remaining = max(0, math.floor((now + RATE_PERIOD_S - tat) / interval + 1e-9))
+    return RateBudget(limit_per_minute, min(remaining, limit_per_minute), tat - now)
+
+
+class AdmissionOutcome(enum.StrEnum):
+    created = "created"
+    replayed = "replayed"  # an earlier request with this idempotency key and body made the job
+    admissible = "admissible"  # a check without a job: it would be admitted now
+    rate_limited = "rate_limited"
+    inflight_limited = "inflight_limited"
+    queue_full = "queue_full"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one atomic admission decided. Only `created` spends rate budget."""
+
+    outcome: AdmissionOutcome
+    budget: RateBudget
+    job: Job | None = None  # created or replayed, its `queue_position` current
+    retry_after_s: float | None = None  # rate_limited only
+    queue_depth: int | None = None  # known when the queue was looked at
+
+
 def list_score(created_ms: int, seq: int) -> int:
     """Sort key of a tenant's job list: creation time in ms with a sequence tie-breaker (fits a double)."""
     return created_ms * 1000 + seq % 1000
@@ -218,7 +260,18 @@ class JobRecords(abc.ABC):
         """Newest first; the second value is the cursor of the next page (None on the last page)."""
 
     @abc.abstractmethod
-    def inflight_count(self, tenant: str) -> int: ...
+    def delete_finished(self, job: Job) -> None:
+        """Forget a terminal job (`DELETE /v1/jobs/{id}`): its record, list entries and delivery count. Only
+        terminal jobs, which never change again, so checking the status first is enough."""
+
+    @abc.abstractmethod
+    def inflight_count(self, tenant: str) -> int:
+        """The tenant's unfinished jobs (one whose record expired unfinished no longer counts)."""
+
+    @abc.abstractmethod
+    def prune_inflight(self) -> int:
+        """Forget in-flight entries whose record expired unfinished (the reaper; admission never pays for
+        them). How many were dropped."""
 
     @abc.abstractmethod
     def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
@@ -313,12 +366,6 @@ class LeaseBook(abc.ABC):
         """Drop the job's dead letter and its delivery count; False if it had none."""
 
 
-class RateLimiter(abc.ABC):
-    @abc.abstractmethod
-    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
-        """None: allowed (and counted). Otherwise seconds until the next request would be allowed."""
-
-
 class AdapterRegistry(abc.ABC):
     """The fine-tuned adapters of each tenant (their weights live in storage under `record.key`)."""
 
@@ -346,8 +393,27 @@ class JobEventBus(abc.ABC):
     def subscribe(self, job_id: str) -> JobEvents: ...
 
 
-class JobStore(JobRecords, LeaseBook, RateLimiter, AdapterRegistry, JobEventBus):
+class JobStore(JobRecords, LeaseBook, AdapterRegistry, JobEventBus):
     """All roles over one backend, plus the rules that need more than one of them."""
+
+    @abc.abstractmethod
+    async def admit(
+        self,
+        tenant: str,
+        kind: JobKind,
+        limits: LimitsSettings,
+        job: Job | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> Admission:
+        """One atomic step, constant cost whatever the tenant's backlog: replay an idempotent retry (never
+        limited), else check rate, the tenant's in-flight count and the queue depth, in that order; when
+        all pass, store `job`, index it, put it in its kind's queue and spend one unit of rate budget.
+        Without `job` it only checks. IdempotencyConflict for a reused key with another body."""
+
+    @abc.abstractmethod
+    async def fetch(self, job_id: str) -> Job | None:
+        """The job with its current `queue_position`, in one read (the gateway's GET)."""
 
     def dead_letter(self, job_id: str, reason: str) -> None:
         """Park a job that keeps killing its worker; an unfinished job also becomes failed."""
@@ -386,3 +452,6 @@ class JobStore(JobRecords, LeaseBook, RateLimiter, AdapterRegistry, JobEventBus)
 
     def close(self) -> None:
         """Release connections (optional)."""
+
+    async def aclose(self) -> None:
+        """Release the event loop's connections (optional)."""

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
 from core.jobstore.base import (
     AdapterRegistry,
+    Admission,
+    AdmissionOutcome,
     IdempotencyConflict,
     InflightLimitExceeded,
     JobEventBus,
@@ -23,12 +25,12 @@ from core.jobstore.base import (
     JobRecords,
     JobStore,
     LeaseBook,
-    RateLimiter,
     gcra,
     key_digest,
     kind_value,
     list_score,
     parse_cursor,
+    rate_budget,
     sort_adapters,
     sort_dead_letters,
 )
@@ -46,6 +48,7 @@ class _MemoryState:
         self._scores: dict[str, int] = {}  # job id -> list order
         self._idempotency: dict[tuple[str, str], tuple[str, str | None, float]] = {}
         self._queued: dict[str, dict[str, int]] = {}  # kind -> job id -> enqueue order
+        self._inflight: dict[str, dict[str, float]] = {}  # tenant -> unfinished job id -> record deadline
         self._cancel: set[str] = set()
         self._leases: dict[str, tuple[str, float]] = {}  # job id -> (worker, monotonic expiry)
         self._deliveries: dict[str, int] = {}
@@ -91,6 +94,8 @@ class MemoryJobRecords(_MemoryState, JobRecords):
                 raise InflightLimitExceeded(job.tenant, max_inflight)
             self._jobs[job.id] = job
             self._expires[job.id] = time.monotonic() + self.limits.job_ttl_s
+            if not job.status.terminal:
+                self._inflight.setdefault(job.tenant, {})[job.id] = self._expires[job.id]
             self._scores[job.id] = list_score(int(job.created_at.timestamp() * 1000), self._next_seq())
             if idempotency_key:
                 deadline = time.monotonic() + self.limits.idempotency_ttl_s
@@ -113,6 +118,13 @@ class MemoryJobRecords(_MemoryState, JobRecords):
         with self._lock:
             return self._live(job_id)
 
+    def delete_finished(self, job: Job) -> None:
+        if not job.status.terminal:
+            raise ValueError(f"job {job.id} is {job.status.value}; only finished jobs are deleted")
+        with self._lock:
+            for table in (self._jobs, self._expires, self._scores, self._deliveries):
+                table.pop(job.id, None)
+
     def list_for_tenant(
         self, tenant: str, kind: JobKind | str | None = None, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[Job], str | None]:
@@ -133,14 +145,22 @@ class MemoryJobRecords(_MemoryState, JobRecords):
         return [job for _, job in page], next_cursor
 
     def inflight_count(self, tenant: str) -> int:
+        now = time.monotonic()
         with self._lock:
-            return sum(
-                1
-                for job_id in list(self._jobs)
-                if (job := self._live(job_id)) is not None
-                and job.tenant == tenant
-                and not job.status.terminal
-            )
+            return sum(1 for deadline in self._inflight.get(tenant, {}).values() if deadline >= now)
+
+    def prune_inflight(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            expired = [
+                (members, job_id)
+                for members in self._inflight.values()
+                for job_id, deadline in members.items()
+                if deadline < now
+            ]
+            for members, job_id in expired:
+                del members[job_id]
+            return len(expired)
 
     def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
         with self._lock:
@@ -150,6 +170,10 @@ class MemoryJobRecords(_MemoryState, JobRecords):
             new = change(old)
             self._jobs[job_id] = new
             self._expires[job_id] = time.monotonic() + self.limits.job_ttl_s
+            if new.status.terminal:
+                self._inflight.get(new.tenant, {}).pop(job_id, None)
+            elif job_id in self._inflight.get(new.tenant, {}):
+                self._inflight[new.tenant][job_id] = self._expires[job_id]
             if new.status is not old.status:
                 queue = self._queued.setdefault(new.kind.value, {})
                 if new.status is JobStatus.queued:
@@ -261,14 +285,6 @@ class MemoryLeaseBook(_MemoryState, LeaseBook):
             return self._dead.pop(job_id, None) is not None
 
 
-class MemoryRateLimiter(_MemoryState, RateLimiter):
-    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
-        with self._lock:
-            retry_after, tat = gcra(self._rate_tat.get(tenant), time.monotonic(), limit_per_minute)
-            self._rate_tat[tenant] = tat
-            return retry_after
-
-
 class MemoryAdapterRegistry(_MemoryState, AdapterRegistry):
     def put_adapter(self, record: AdapterRecord) -> None:
         with self._lock:
@@ -305,9 +321,53 @@ class MemoryJobEventBus(_MemoryState, JobEventBus):
                     del self._subscribers[job_id]
 
 
-class MemoryJobStore(
-    MemoryJobRecords, MemoryLeaseBook, MemoryRateLimiter, MemoryAdapterRegistry, MemoryJobEventBus, JobStore
-):
+class MemoryJobStore(MemoryJobRecords, MemoryLeaseBook, MemoryAdapterRegistry, MemoryJobEventBus, JobStore):
+    async def admit(
+        self,
+        tenant: str,
+        kind: JobKind,
+        limits: LimitsSettings,
+        job: Job | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> Admission:
+        limit = limits.rate_limit_per_minute
+        with self._lock:  # held briefly and never across an await: the event loop is not blocked for long
+            now = time.monotonic()
+            tat = self._rate_tat.get(tenant, now)
+            if idempotency_key:
+                earlier = self.find_idempotent(tenant, idempotency_key, body_hash)
+                if earlier is not None:
+                    positioned = earlier.model_copy(
+                        update={"queue_position": self.queue_position(earlier.id)}
+                    )
+                    return Admission(AdmissionOutcome.replayed, rate_budget(tat, now, limit), job=positioned)
+            retry_after, new_tat = gcra(tat, now, limit)
+            if retry_after is not None:
+                budget = rate_budget(tat, now, limit)
+                return Admission(AdmissionOutcome.rate_limited, budget, retry_after_s=retry_after)
+            budget = rate_budget(tat, now, limit)
+            if self.inflight_count(tenant) >= limits.max_inflight_per_tenant:
+                return Admission(AdmissionOutcome.inflight_limited, budget)
+            depth = self.queue_depth(kind)
+            if depth >= limits.max_queue_depth:
+                return Admission(AdmissionOutcome.queue_full, budget, queue_depth=depth)
+            if job is None:
+                return Admission(AdmissionOutcome.admissible, budget, queue_depth=depth)
+            self._rate_tat[tenant] = new_tat
+            self.create(job, idempotency_key, body_hash)
+            self.mark_enqueued(job)
+            created = job.model_copy(update={"queue_position": depth})
+            budget = rate_budget(new_tat, now, limit)
+            return Admission(AdmissionOutcome.created, budget, job=created, queue_depth=depth + 1)
+
+    async def fetch(self, job_id: str) -> Job | None:
+        with self._lock:
+            job = self._live(job_id)
+            if job is None or job.status is not JobStatus.queued:
+                return job
+            return job.model_copy(update={"queue_position": self.queue_position(job_id)})
+
     def ping(self) -> bool:
         return True
 

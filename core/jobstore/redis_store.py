@@ -1,20 +1,24 @@
 """The job store in Redis: one JSON document per job, changed in WATCH/MULTI transactions.
 
 Keys (all under `settings.redis.namespace`): `job:<id>` (JSON, expires after job_ttl_s),
-`idem:<tenant>:<digest>`, `inflight:<tenant>` (set), `tjobs:<tenant>:<all|kind>` (sorted by creation),
+`idem:<tenant>:<digest>`, `inflight:<tenant>` (sorted by record expiry, ms: expired members never count and
+the reaper prunes them), `tjobs:<tenant>:<all|kind>` (sorted by creation),
 `queue:<kind>` (sorted by enqueue order), `cancel:<id>`, `leases` (sorted by expiry, ms) + `lease_owner`
 (hash), `deliveries:<id>`, `dead` (hash of `DeadLetter` JSON), `rate:<tenant>`, `adapters:<tenant>` (hash of
 `AdapterRecord` JSON), and the pub/sub channel `events:<id>`. Times for leases and rates come from the Redis
 server's clock, so gateways and workers on different hosts agree.
 
 `_RedisBackend` holds the connection and the key layout; each role class works on its own keys, and
-`RedisJobStore` composes them.
+`RedisJobStore` composes them. The gateway's hot path (`admit`, `fetch`) runs on an asyncio client bound to
+the running event loop; everything else is synchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +28,8 @@ import redis.asyncio as aioredis
 from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
 from core.jobstore.base import (
     AdapterRegistry,
+    Admission,
+    AdmissionOutcome,
     IdempotencyConflict,
     InflightLimitExceeded,
     JobEventBus,
@@ -32,7 +38,7 @@ from core.jobstore.base import (
     JobRecords,
     JobStore,
     LeaseBook,
-    RateLimiter,
+    RateBudget,
     key_digest,
     kind_value,
     list_score,
@@ -40,7 +46,7 @@ from core.jobstore.base import (
     sort_adapters,
     sort_dead_letters,
 )
-from core.jobstore.redis_scripts import ACQUIRE_LEASE, CHECK_RATE, RELEASE_LEASE, RENEW_LEASE
+from core.jobstore.redis_scripts import ACQUIRE_LEASE, ADMIT, RELEASE_LEASE, RENEW_LEASE
 from core.settings import LimitsSettings, RedisSettings
 
 
@@ -60,7 +66,9 @@ class _RedisBackend:
         self._acquire = self._redis.register_script(ACQUIRE_LEASE)
         self._renew = self._redis.register_script(RENEW_LEASE)
         self._release = self._redis.register_script(RELEASE_LEASE)
-        self._rate = self._redis.register_script(CHECK_RATE)
+        # The gateway's asyncio clients, one per event loop, with the admission script registered on each.
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any]]
+        self._loop_clients = weakref.WeakKeyDictionary()
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -74,6 +82,10 @@ class _RedisBackend:
 
     def _lease_keys(self) -> list[str]:
         return [self._k("leases"), self._k("lease_owner")]
+
+    def _inflight_deadline_ms(self) -> int:
+        """An in-flight member's score: when its record expires (as `job_ttl_s` from now)."""
+        return int(time.time() * 1000) + self.limits.job_ttl_s * 1000
 
 
 class RedisJobRecords(_RedisBackend, JobRecords):
@@ -97,12 +109,13 @@ class RedisJobRecords(_RedisBackend, JobRecords):
                 existing = self._idempotent_job(pipe, idem_key, body_hash)
                 if existing is not None:
                     return existing, False
-            if max_inflight is not None and pipe.scard(inflight_key) >= max_inflight:
+            live = pipe.zcount(inflight_key, int(time.time() * 1000), "+inf")
+            if max_inflight is not None and live >= max_inflight:
                 raise InflightLimitExceeded(job.tenant, max_inflight)
             pipe.multi()
             pipe.set(self._job_key(job.id), job.model_dump_json(), ex=ttl_s)
             if not job.status.terminal:
-                pipe.sadd(inflight_key, job.id)
+                pipe.zadd(inflight_key, {job.id: self._inflight_deadline_ms()})
             for index in ("all", job.kind.value):
                 index_key = self._k("tjobs", job.tenant, index)
                 pipe.zadd(index_key, {job.id: score})
@@ -165,18 +178,25 @@ class RedisJobRecords(_RedisBackend, JobRecords):
         next_cursor = str(page[-1][1]) if len(found) > limit else None
         return [job for job, _ in page], next_cursor
 
-    def inflight_count(self, tenant: str) -> int:
-        key = self._k("inflight", tenant)
-        members = list(self._redis.smembers(key))
-        if not members:
-            return 0
+    def delete_finished(self, job: Job) -> None:
+        if not job.status.terminal:
+            raise ValueError(f"job {job.id} is {job.status.value}; only finished jobs are deleted")
         pipe = self._redis.pipeline()
-        for job_id in members:
-            pipe.exists(self._job_key(job_id))
-        gone = [job_id for job_id, alive in zip(members, pipe.execute(), strict=True) if not alive]
-        if gone:  # jobs that expired without finishing must not block the tenant forever
-            self._redis.srem(key, *gone)
-        return len(members) - len(gone)
+        pipe.delete(self._job_key(job.id), self._k("deliveries", job.id))
+        for index in ("all", job.kind.value):
+            pipe.zrem(self._k("tjobs", job.tenant, index), job.id)
+        pipe.execute()
+
+    def inflight_count(self, tenant: str) -> int:
+        # Members whose record expired without finishing do not count (they must not block the tenant).
+        return int(self._redis.zcount(self._k("inflight", tenant), int(time.time() * 1000), "+inf"))
+
+    def prune_inflight(self) -> int:
+        now_ms = int(time.time() * 1000)
+        pruned = 0
+        for key in self._redis.scan_iter(match=self._k("inflight", "*"), count=500):
+            pruned += int(self._redis.zremrangebyscore(key, "-inf", f"({now_ms}"))
+        return pruned
 
     def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
         key = self._job_key(job_id)
@@ -189,6 +209,8 @@ class RedisJobRecords(_RedisBackend, JobRecords):
             new = change(old)
             pipe.multi()
             pipe.set(key, new.model_dump_json(), ex=self.limits.job_ttl_s)
+            if not new.status.terminal:  # the record lives longer: so does its in-flight membership
+                pipe.zadd(self._k("inflight", new.tenant), {job_id: self._inflight_deadline_ms()}, xx=True)
             if new.status is not old.status:
                 self._status_side_effects(pipe, new)
             pipe.publish(self._k("events", job_id), new.status.value)
@@ -206,7 +228,7 @@ class RedisJobRecords(_RedisBackend, JobRecords):
             pipe.zrem(self._k("leases"), job.id)
             pipe.hdel(self._k("lease_owner"), job.id)
         if job.status.terminal:
-            pipe.srem(self._k("inflight", job.tenant), job.id)
+            pipe.zrem(self._k("inflight", job.tenant), job.id)
             pipe.delete(self._k("cancel", job.id))
 
     def _set_cancel_flag(self, job_id: str) -> None:
@@ -284,12 +306,6 @@ class RedisLeaseBook(_RedisBackend, LeaseBook):
         return removed
 
 
-class RedisRateLimiter(_RedisBackend, RateLimiter):
-    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
-        retry_after = self._rate(keys=[self._k("rate", tenant)], args=[limit_per_minute])
-        return float(retry_after) if retry_after is not None else None
-
-
 class RedisAdapterRegistry(_RedisBackend, AdapterRegistry):
     def put_adapter(self, record: AdapterRecord) -> None:
         self._redis.hset(self._k("adapters", record.tenant), record.id, record.model_dump_json())
@@ -315,9 +331,95 @@ class RedisJobEventBus(_RedisBackend, JobEventBus):
         return _RedisJobEvents(self.redis_settings.url, self._k("events", job_id))
 
 
-class RedisJobStore(
-    RedisJobRecords, RedisLeaseBook, RedisRateLimiter, RedisAdapterRegistry, RedisJobEventBus, JobStore
-):
+class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, RedisJobEventBus, JobStore):
+    def _async(self) -> tuple[aioredis.Redis, Any]:
+        """The asyncio client of the running loop (a gateway process has one loop; tests may run several)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._loop_clients:
+            client = aioredis.Redis.from_url(
+                self.redis_settings.url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
+            )
+            self._loop_clients[loop] = (client, client.register_script(ADMIT))
+        return self._loop_clients[loop]
+
+    async def admit(
+        self,
+        tenant: str,
+        kind: JobKind,
+        limits: LimitsSettings,
+        job: Job | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> Admission:
+        _, script = self._async()
+        idem_key = (
+            self._k("idem", tenant, key_digest(idempotency_key)) if idempotency_key else self._k("idem")
+        )
+        job_id = job.id if job is not None else ""
+        keys = [
+            idem_key,
+            self._k("inflight", tenant),
+            self._k("rate", tenant),
+            self._k("queue", kind.value),
+            self._job_key(job_id),
+            self._k("tjobs", tenant, "all"),
+            self._k("tjobs", tenant, kind.value),
+            self._k("seq"),
+        ]
+        args = [
+            job_id,
+            job.model_dump_json() if job is not None else "",
+            body_hash or "",
+            "1" if idempotency_key else "0",
+            limits.rate_limit_per_minute,
+            limits.max_inflight_per_tenant,
+            limits.max_queue_depth,
+            limits.job_ttl_s,
+            limits.idempotency_ttl_s,
+            int(job.created_at.timestamp() * 1000) if job is not None else 0,
+            self._ns,
+        ]
+        outcome, remaining, reset_s, detail, *rest = await script(keys=keys, args=args)
+        if outcome == "conflict":
+            raise IdempotencyConflict(detail)
+        budget = RateBudget(limits.rate_limit_per_minute, int(remaining), float(reset_s))
+        result = AdmissionOutcome(outcome)
+        if result is AdmissionOutcome.replayed:
+            position = int(rest[0])
+            replayed = Job.model_validate_json(detail)
+            if position >= 0:
+                replayed = replayed.model_copy(update={"queue_position": position})
+            return Admission(result, budget, job=replayed)
+        if result is AdmissionOutcome.created:
+            assert job is not None
+            created = job.model_copy(update={"queue_position": int(detail)})
+            return Admission(result, budget, job=created, queue_depth=int(detail) + 1)
+        if result is AdmissionOutcome.rate_limited:
+            return Admission(result, budget, retry_after_s=float(detail))
+        if result is AdmissionOutcome.inflight_limited:  # refused before the queue was looked at
+            return Admission(result, budget)
+        return Admission(result, budget, queue_depth=int(detail))
+
+    async def fetch(self, job_id: str) -> Job | None:
+        client, _ = self._async()
+        pipe = client.pipeline(transaction=False)
+        pipe.get(self._job_key(job_id))
+        for kind in JobKind:  # a job's kind is inside its record: ask every queue in the same round trip
+            pipe.zrank(self._k("queue", kind.value), job_id)
+        raw, *ranks = await pipe.execute()
+        if raw is None:
+            return None
+        job = Job.model_validate_json(raw)
+        if job.status is JobStatus.queued:
+            rank = dict(zip(JobKind, ranks, strict=True))[job.kind]
+            job = job.model_copy(update={"queue_position": int(rank) if rank is not None else None})
+        return job
+
+    async def aclose(self) -> None:
+        entry = self._loop_clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].aclose()
+
     def ping(self) -> bool:
         try:
             return bool(self._redis.ping())

@@ -8,6 +8,10 @@ blocks run. Loading an adapter copies its matrices into a free slot in place (ra
 so the tensors a compiled graph or a captured CUDA graph reads never move or change shape: switching, adding
 and mixing adapters costs a copy, never a recompile. Slot 0 is "no adapter" (all zeros).
 
+A forward called without `adapter_slots` (a batch in which no row uses an adapter) skips every gather: the
+wrapped layers run their base projection alone, i.e. exactly the plain generator's operations. The choice is
+a Python branch on the call's signature, so torch.compile and CUDA graphs see two distinct, fixed graphs.
+
 The adapter files are the ones `format.py` reads and checks (same format, same base-model check); the peft
 path (`peft_cache.py`) stays for training and for `FAEPipeline.load_adapter`. One generator uses one path or the
 other: peft cannot wrap a slotted layer (`strip_lora` unwraps both, e.g. on the copy a fine-tune trains). Attach after the generator is on its device and dtype (moving it
@@ -32,6 +36,8 @@ from .format import TARGET_MODULES, check_fits, check_scale, file_signature, rea
 # The generator's buffer holding each batch row's slot (shared with every SlotLoRALinear).
 SLOT_INDEX = "adapter_slot_index"
 NO_ADAPTER = 0
+# The generator's attribute saying whether the current forward routes rows through their slots.
+SLOT_ROUTING = "adapter_slot_routing"
 # Generator -> its slot manager (kept off the module, so that copying a generator never copies a manager).
 _MANAGERS: weakref.WeakKeyDictionary[nn.Module, AdapterSlots] = weakref.WeakKeyDictionary()
 
@@ -40,11 +46,24 @@ class AdapterSlotsFull(AdapterError):
     """Every adapter slot is held by running samples: wait until one is released."""
 
 
+class SlotRouting:
+    """Shared by a generator's slotted layers: `active` is False while a forward has no adapter rows."""
+
+    def __init__(self) -> None:
+        self.active = True
+
+
 class SlotLoRALinear(nn.Module):
-    """base(x) + scale[s]·(x·A[s]ᵀ)·B[s]ᵀ, with s the row's slot in the shared index (x is B×…×in)."""
+    """base(x) + scale[s]·(x·A[s]ᵀ)·B[s]ᵀ, with s the row's slot in the shared index (x is B×…×in); base(x)
+    alone while the shared routing is inactive."""
 
     def __init__(
-        self, base_layer: nn.Linear, num_slots: int, max_rank: int, slot_index: torch.Tensor
+        self,
+        base_layer: nn.Linear,
+        num_slots: int,
+        max_rank: int,
+        slot_index: torch.Tensor,
+        routing: SlotRouting,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer  # named as peft names it, so the base fingerprint ignores the wrapper
@@ -59,6 +78,7 @@ class SlotLoRALinear(nn.Module):
         )
         self.register_buffer("lora_scale", torch.zeros(num_slots, **factory), persistent=False)
         self.register_buffer("slot_index", slot_index, persistent=False)
+        self.routing = routing
 
     @property
     def in_features(self) -> int:
@@ -70,6 +90,8 @@ class SlotLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
+        if not self.routing.active:
+            return out
         batch = x.shape[0]
         slots = self.slot_index[:batch]
         rows = x.reshape(batch, -1, x.shape[-1])
@@ -79,7 +101,8 @@ class SlotLoRALinear(nn.Module):
 
 
 def route_adapter_slots(generator: nn.Module, adapter_slots: torch.Tensor | None, batch: int) -> None:
-    """Copy each row's slot into the generator's shared index (in place), before its blocks run.
+    """Copy each row's slot into the generator's shared index (in place), before its blocks run; None (no row
+    uses an adapter) makes the slotted layers skip their gathers for this forward.
 
     Without slots attached, `adapter_slots` must be None or all zeros (no adapter).
     """
@@ -91,14 +114,15 @@ def route_adapter_slots(generator: nn.Module, adapter_slots: torch.Tensor | None
                 "(model.adapters.AdapterSlots.attach)"
             )
         return
+    routing: SlotRouting = getattr(generator, SLOT_ROUTING)
+    routing.active = adapter_slots is not None
+    if adapter_slots is None:
+        return
     if batch > index.shape[0]:
         raise InvalidInputError(
             f"a batch of {batch} rows exceeds the {index.shape[0]} rows the adapter slot index was sized for "
             "(attach with a larger max_batch)"
         )
-    if adapter_slots is None:
-        index[:batch].zero_()
-        return
     if tuple(adapter_slots.shape) != (batch,):
         raise InvalidInputError(
             f"adapter_slots must hold one slot per row ({batch}), got {tuple(adapter_slots.shape)}"
@@ -157,16 +181,18 @@ class AdapterSlots:
         base_fingerprint = module_fingerprint(generator)
         device = next(generator.parameters()).device
         slot_index = torch.zeros(max_batch, dtype=torch.long, device=device)
+        routing = SlotRouting()
         layers: dict[str, SlotLoRALinear] = {}
         for name, module in list(generator.named_modules()):
             if name.rpartition(".")[2] in TARGET_MODULES and isinstance(module, nn.Linear):
                 parent_name, _, child = name.rpartition(".")
-                layer = SlotLoRALinear(module, num_slots, max_rank, slot_index)
+                layer = SlotLoRALinear(module, num_slots, max_rank, slot_index, routing)
                 setattr(generator.get_submodule(parent_name) if parent_name else generator, child, layer)
                 layers[name] = layer
         if not layers:
             raise AdapterError(f"the generator has no {'/'.join(TARGET_MODULES)} layers to adapt")
         generator.register_buffer(SLOT_INDEX, slot_index, persistent=False)
+        setattr(generator, SLOT_ROUTING, routing)
         manager = cls(generator, layers, slot_index, max_rank, base_fingerprint)
         _MANAGERS[generator] = manager
         return manager
@@ -263,6 +289,7 @@ def detach_slots(generator: nn.Module) -> nn.Module:
             )
     if has_adapter_slots(generator):
         delattr(generator, SLOT_INDEX)
+        delattr(generator, SLOT_ROUTING)
     _MANAGERS.pop(generator, None)
     return generator
 

@@ -6,7 +6,6 @@ The dataset is stored before the job exists; the worker's `fae.finetune` task tr
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,13 +16,13 @@ from starlette.datastructures import UploadFile
 
 from core.contract import FinetuneParams, Job, JobKind, JobStatus, dataset_key
 from core.storage import InvalidKey, check_key
-from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
+from service.admission import admit, build_job, check_admission, new_job_id, rate_headers
 from service.datasets import DatasetWriter, UploadRejected, UploadTooLarge
 from service.deps import FinetuneCaller, ServicesDep
 from service.presenters import cancel_job, job_page, owned_job, present_job
 from service.problems import ProblemError
 from service.schemas import JobId, JobPage
-from service.validation import check_webhook, invalid, resolve_model
+from service.validation import check_webhook, invalid, parse_json, resolve_model
 
 router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"])
 
@@ -66,10 +65,7 @@ async def _read_request(request: Request) -> tuple[FinetuneParams, list[UploadFi
     """(params, uploads, form to close). JSON bodies carry params only; multipart carries both."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("application/json"):
-        try:
-            raw = json.loads(await request.body())
-        except ValueError as exc:
-            raise invalid("body", "the JSON body does not parse") from exc
+        raw = parse_json(await request.body(), "body")
         if not isinstance(raw, dict):
             raise invalid("body", "the JSON body must be an object")
         return _validate_params(raw), [], None
@@ -91,10 +87,10 @@ async def _read_request(request: Request) -> tuple[FinetuneParams, list[UploadFi
             uploads.append(value)
         elif name == "metadata":
             try:
-                raw[name] = json.loads(value)
-            except ValueError as exc:
+                raw[name] = parse_json(value, "metadata")
+            except ProblemError:
                 await form.close()
-                raise invalid("metadata", "must be a JSON object") from exc
+                raise
         else:
             raw[name] = value
     try:
@@ -137,8 +133,7 @@ async def create_finetune(
     services: ServicesDep,
 ) -> Job:
     store, storage, settings, tenant = services.store, services.storage, services.settings, principal.tenant
-    await run_in_threadpool(check_rate, store, settings.limits, tenant)
-    await run_in_threadpool(check_capacity, store, settings.limits, tenant, JobKind.finetune)
+    await check_admission(store, settings.limits, tenant, JobKind.finetune)
     params, uploads, form = await _read_request(request)
     job_id = new_job_id()
     prefix = dataset_key(tenant, job_id)
@@ -154,9 +149,10 @@ async def create_finetune(
             if not await run_in_threadpool(storage.list, payload["s3_prefix"]):
                 raise invalid("s3_prefix", f"nothing is stored under {payload['s3_prefix']!r}")
         elif uploads:
-            writer = DatasetWriter(storage, prefix, settings.gateway.max_upload_bytes)
+            writer = DatasetWriter(storage, prefix, settings.gateway)
             try:
-                await run_in_threadpool(_store_uploads, writer, uploads)
+                with services.uploads.hold():
+                    await run_in_threadpool(_store_uploads, writer, uploads)
             except UploadTooLarge as exc:
                 raise ProblemError(413, "Content Too Large", str(exc), "upload-too-large") from exc
             except UploadRejected as exc:
@@ -167,7 +163,7 @@ async def create_finetune(
         else:
             raise invalid("files", "upload images (or a zip) in `files`, or give an s3_prefix")
         job = build_job(job_id, JobKind.finetune, tenant, model.name, payload, params.metadata, webhook_url)
-        job, _ = await run_in_threadpool(create_and_enqueue, store, services.queue, settings.limits, job)
+        admission = await admit(store, services.queue, settings.limits, job)
     except Exception:
         if uploads:  # nothing may stay behind for a job that will not run
             await run_in_threadpool(storage.delete_prefix, prefix)
@@ -175,8 +171,9 @@ async def create_finetune(
     finally:
         if form is not None:
             await form.close()
+    response.headers.update(rate_headers(admission.budget))
     response.headers["Location"] = f"/v1/finetunes/{job.id}"
-    return await run_in_threadpool(present_job, job, services, request)
+    return await run_in_threadpool(present_job, admission.job or job, services, request)
 
 
 @router.get("", response_model=JobPage, summary="List the caller's fine-tunes, newest first")

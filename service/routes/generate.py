@@ -10,9 +10,11 @@ from starlette.concurrency import run_in_threadpool
 
 from core.contract import GenerateRequest, Job, JobKind, JobStatus
 from core.jobstore import body_hash
-from service.admission import build_job, check_capacity, check_rate, create_and_enqueue, new_job_id
+from core.jobstore.base import Admission, AdmissionOutcome
+from service.admission import admit, build_job, new_job_id, rate_headers
 from service.deps import GenerateCaller, Services, ServicesDep
-from service.presenters import present_job
+from service.presenters import present_job, presenting_blocks
+from service.problems import ProblemError
 from service.validation import check_adapter, check_condition, check_webhook, resolve_model
 
 router = APIRouter(prefix="/v1", tags=["generate"])
@@ -59,27 +61,39 @@ def wants_image(accept: str | None, content_type: str | None) -> bool:
     return False
 
 
-def admit_generate(
-    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Everything between a valid body and a queued job (blocking: runs in a worker thread)."""
-    store, limits = services.store, services.settings.limits
-    payload = body.model_dump(mode="json")
-    digest = body_hash(payload)
-    # A retry of a request that already made its job gets that job back, whatever the rate budget says.
-    if idempotency_key:
-        earlier = store.find_idempotent(tenant, idempotency_key, digest)
-        if earlier is not None:
-            return earlier, False
-    check_rate(store, limits, tenant)
+def validated_job(services: Services, tenant: str, body: GenerateRequest, payload: dict[str, object]) -> Job:
+    """The job a valid body asks for (an adapter or a webhook address is looked up: runs in a thread)."""
     model = resolve_model(services.models, body.model)
     check_condition(body, model)
-    check_adapter(store, tenant, body, model)
+    check_adapter(services.store, tenant, body, model)
     webhook_url = check_webhook(body.webhook_url, services.settings.webhooks)
-    check_capacity(store, limits, tenant, JobKind.generate)
     payload["model"] = model.name
-    job = build_job(new_job_id(), JobKind.generate, tenant, model.name, payload, body.metadata, webhook_url)
-    return create_and_enqueue(store, services.queue, limits, job, idempotency_key, digest)
+    return build_job(new_job_id(), JobKind.generate, tenant, model.name, payload, body.metadata, webhook_url)
+
+
+async def admit_generate(
+    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
+) -> Admission:
+    """Everything between a valid body and a published job. A retry with the same key and body gets its
+    job back whatever the budget says, even if the body would no longer validate (its model or adapter was
+    removed since): the body hash is taken before the model name is filled in."""
+    limits = services.settings.limits
+    payload = body.model_dump(mode="json")
+    digest = body_hash(payload)
+    try:
+        if body.adapter is None and body.webhook_url is None:  # nothing to look up: no thread needed
+            job = validated_job(services, tenant, body, payload)
+        else:
+            job = await run_in_threadpool(validated_job, services, tenant, body, payload)
+    except ProblemError:
+        if idempotency_key:  # a check only: it replays, or stores and counts nothing
+            earlier = await services.store.admit(
+                tenant, JobKind.generate, limits, None, idempotency_key, digest
+            )
+            if earlier.outcome is AdmissionOutcome.replayed:
+                return earlier
+        raise
+    return await admit(services.store, services.queue, limits, job, idempotency_key, digest)
 
 
 @router.post(
@@ -109,7 +123,10 @@ async def generate(
     prefer: Annotated[str | None, Header()] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Job:
-    job, created = await run_in_threadpool(admit_generate, services, principal.tenant, body, idempotency_key)
+    admission = await admit_generate(services, principal.tenant, body, idempotency_key)
+    assert admission.job is not None  # a refusal raised
+    job, created = admission.job, admission.outcome is AdmissionOutcome.created
+    response.headers.update(rate_headers(admission.budget))
     wait_s = parse_prefer_wait(prefer, services.settings.gateway.max_wait_s)
     if wait_s is not None and not job.status.terminal:
         job = await services.store.wait_terminal(job.id, wait_s) or job
@@ -118,7 +135,11 @@ async def generate(
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     response.status_code = 200 if job.status.terminal else 202
-    presented = await run_in_threadpool(present_job, job, services, request)
+    presented = (
+        await run_in_threadpool(present_job, job, services, request)
+        if presenting_blocks(job)
+        else present_job(job, services, request)
+    )
     response.headers["Vary"] = "Accept"
     succeeded = presented.status is JobStatus.succeeded and bool(presented.outputs)
     if succeeded and wants_image(accept, presented.outputs[0].content_type):

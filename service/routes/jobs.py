@@ -14,8 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from core.contract import Job, JobKind, JobStatus
 from core.jobstore import JobStore
 from service.deps import Caller, ServicesDep
-from service.presenters import cancel_job, job_page, owned_job, present_job
-from service.problems import ProblemError
+from service.presenters import (
+    cancel_job,
+    delete_job,
+    job_page,
+    listed_kind,
+    present_job,
+    presenting_blocks,
+    scoped_job,
+    visible_job,
+)
 from service.schemas import JobId, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -34,12 +42,15 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
 ) -> JobPage:
-    return job_page(services, request, principal.tenant, kind, limit, cursor)
+    return job_page(services, request, principal.tenant, listed_kind(principal, kind), limit, cursor)
 
 
 @router.get("/{job_id}", response_model=Job, summary="A job: status, progress, outputs (presigned URLs)")
-def get_job(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> Job:
-    return present_job(owned_job(services.store, principal.tenant, job_id), services, request)
+async def get_job(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> Job:
+    job = visible_job(await services.store.fetch(job_id), principal, job_id)  # one read, on the event loop
+    if presenting_blocks(job):
+        return await run_in_threadpool(present_job, job, services, request)
+    return present_job(job, services, request)
 
 
 @router.post(
@@ -55,14 +66,20 @@ def cancel(
     request: Request,
     response: Response,
 ) -> Job:
-    job = owned_job(services.store, principal.tenant, job_id)
-    if not principal.has(job.kind.value):
-        raise ProblemError(
-            403, "Forbidden", f"this API key lacks the `{job.kind.value}` scope", "missing-scope"
-        )
-    result = cancel_job(services, job)
+    result = cancel_job(services, scoped_job(services.store, principal, job_id))
     response.status_code = 202 if result.status is JobStatus.running else 200
     return present_job(result, services, request)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job: its images, its uploaded dataset (fine-tunes) and its record",
+    responses={409: {"description": "The job has not finished: cancel it first (problem+json)."}},
+)
+def delete(job_id: JobId, principal: Caller, services: ServicesDep) -> Response:
+    delete_job(services, scoped_job(services.store, principal, job_id))
+    return Response(status_code=204)
 
 
 def _sse(event: str, data: str, event_id: int) -> str:
@@ -105,7 +122,7 @@ async def job_events(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 def events(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> StreamingResponse:
-    owned_job(services.store, principal.tenant, job_id)
+    scoped_job(services.store, principal, job_id)
 
     def render(job: Job) -> Job:
         return present_job(job, services, request)

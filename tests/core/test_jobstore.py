@@ -21,8 +21,8 @@ from core.jobstore import (
     MemoryJobStore,
     RedisJobStore,
 )
-from core.jobstore.base import utcnow
-from core.settings import Settings
+from core.jobstore.base import Admission, AdmissionOutcome, utcnow
+from core.settings import LimitsSettings, Settings
 
 MakeJob = Callable[..., Job]
 
@@ -231,11 +231,12 @@ def test_deliveries_and_dead_letters(store: JobStore, new_job: MakeJob) -> None:
     assert store.record_delivery(job.id) == 1  # the counter starts over after a replay
 
 
-def test_rate_limit_allows_a_burst_then_asks_to_wait(store: JobStore) -> None:
-    assert [store.check_rate("acme", 3) for _ in range(3)] == [None, None, None]
-    retry_after = store.check_rate("acme", 3)
-    assert retry_after is not None and 0 < retry_after <= 20.0
-    assert store.check_rate("globex", 3) is None
+def test_rate_limit_allows_a_burst_then_asks_to_wait(store: JobStore, new_job: MakeJob) -> None:
+    three = limits(rate_limit_per_minute=3)
+    assert [admit(store, three, new_job()).outcome for _ in range(3)] == [AdmissionOutcome.created] * 3
+    limited = admit(store, three, new_job())
+    assert limited.outcome is AdmissionOutcome.rate_limited and 0 < limited.retry_after_s <= 20.0
+    assert admit(store, three, new_job("globex")).outcome is AdmissionOutcome.created
 
 
 def test_events_wake_a_subscriber(store: JobStore, new_job: MakeJob) -> None:
@@ -297,8 +298,11 @@ def test_redis_store_forgets_expired_jobs(redis_server, new_job: MakeJob) -> Non
     try:
         kept, _ = redis_store.create(new_job())
         gone, _ = redis_store.create(new_job())
-        redis_store._redis.delete(f"{settings.redis.namespace}:job:{gone.id}")  # as if its TTL ran out
+        # As if its TTL ran out: the record is gone and its in-flight entry's expiry has passed.
+        redis_store._redis.delete(f"{settings.redis.namespace}:job:{gone.id}")
+        redis_store._redis.zadd(f"{settings.redis.namespace}:inflight:acme", {gone.id: 1})
         assert redis_store.inflight_count("acme") == 1
+        assert redis_store.prune_inflight() == 1 and redis_store.inflight_count("acme") == 1
         assert [job.id for job in redis_store.list_for_tenant("acme")[0]] == [kept.id]
         assert redis_store._redis.ttl(f"{settings.redis.namespace}:job:{kept.id}") > 0
     finally:
@@ -315,3 +319,87 @@ def test_redis_store_ping_fails_when_unreachable() -> None:
     settings = Settings().override(redis_url=f"redis://127.0.0.1:{port}/0")
     unreachable = RedisJobStore(settings.redis, settings.limits)
     assert unreachable.ping() is False
+
+
+def admit(store: JobStore, limits: LimitsSettings, job: Job | None = None, **kwargs: object) -> Admission:
+    tenant, kind = (job.tenant, job.kind) if job is not None else ("acme", JobKind.generate)
+    return asyncio.run(store.admit(tenant, kind, limits, job, **kwargs))  # type: ignore[arg-type]
+
+
+def limits(**values: int) -> LimitsSettings:
+    return Settings().override(**values).limits
+
+
+def test_admit_stores_indexes_and_queues_in_one_step(store: JobStore, new_job: MakeJob) -> None:
+    first, second = new_job(), new_job()
+    one = admit(store, limits(), first)
+    two = admit(store, limits(), second)
+    assert one.outcome is two.outcome is AdmissionOutcome.created
+    assert one.job.queue_position == 0 and two.job.queue_position == 1 and two.queue_depth == 2
+    assert store.get(first.id) == first and store.inflight_count("acme") == 2
+    assert [job.id for job in store.list_for_tenant("acme")[0]] == [second.id, first.id]
+    assert store.queue_position(second.id) == 1 and store.queue_depth(JobKind.generate) == 2
+    fetched = asyncio.run(store.fetch(second.id))
+    assert fetched.queue_position == 1 and fetched.model_copy(update={"queue_position": None}) == second
+    store.transition(first.id, JobStatus.running)
+    assert asyncio.run(store.fetch(first.id)).queue_position is None
+    assert asyncio.run(store.fetch("missing")) is None
+
+
+def test_admit_replays_an_idempotent_retry_and_refuses_another_body(
+    store: JobStore, new_job: MakeJob
+) -> None:
+    tight = limits(rate_limit_per_minute=1)
+    first = admit(store, tight, new_job(), idempotency_key="k", body_hash="h1")
+    again = admit(store, tight, new_job(), idempotency_key="k", body_hash="h1")  # the budget is spent: still
+    assert again.outcome is AdmissionOutcome.replayed and again.job.id == first.job.id
+    assert again.job.queue_position == 0 and again.budget.remaining == 0
+    with pytest.raises(IdempotencyConflict):
+        admit(store, tight, new_job(), idempotency_key="k", body_hash="h2")
+    other = admit(store, tight, new_job("globex"), idempotency_key="k", body_hash="h2")
+    assert other.outcome is AdmissionOutcome.created  # keys are per tenant
+    assert store.inflight_count("acme") == 1
+
+
+def test_admit_checks_rate_then_inflight_then_queue_depth(store: JobStore, new_job: MakeJob) -> None:
+    assert admit(store, limits(max_inflight_per_tenant=1), new_job()).outcome is AdmissionOutcome.created
+    refused = admit(store, limits(max_inflight_per_tenant=1), new_job())
+    assert refused.outcome is AdmissionOutcome.inflight_limited and refused.job is None
+    assert refused.queue_depth is None  # refused before the queue was looked at
+    full = admit(store, limits(max_queue_depth=1), new_job("globex"))
+    assert full.outcome is AdmissionOutcome.queue_full and full.queue_depth == 1
+    assert store.inflight_count("acme") == 1 and store.inflight_count("globex") == 0
+    assert store.queue_depth(JobKind.generate) == 1
+
+
+def test_only_admitted_jobs_spend_the_rate_budget(store: JobStore, new_job: MakeJob) -> None:
+    """A client obeying Retry-After on an in-flight refusal is not rate-limited for having asked."""
+    tight = limits(rate_limit_per_minute=2, max_inflight_per_tenant=1)
+    first = admit(store, tight, new_job())
+    assert first.outcome is AdmissionOutcome.created
+    assert (first.budget.limit, first.budget.remaining) == (2, 1) and 0 < first.budget.reset_s <= 30
+    for _ in range(5):
+        refused = admit(store, tight, new_job())
+        assert refused.outcome is AdmissionOutcome.inflight_limited and refused.budget.remaining == 1
+        assert admit(store, tight).outcome is AdmissionOutcome.inflight_limited  # a check: counts nothing
+    store.transition(first.job.id, JobStatus.canceled)
+    assert admit(store, tight).outcome is AdmissionOutcome.admissible
+    second = admit(store, tight, new_job())
+    assert second.outcome is AdmissionOutcome.created and second.budget.remaining == 0
+    store.transition(second.job.id, JobStatus.canceled)
+    limited = admit(store, tight, new_job())
+    assert limited.outcome is AdmissionOutcome.rate_limited and limited.budget.remaining == 0
+    assert 0 < limited.retry_after_s <= 30.0 and store.inflight_count("acme") == 0
+    assert admit(store, tight, new_job("globex")).outcome is AdmissionOutcome.created
+
+
+def test_expired_inflight_entries_never_count_and_are_pruned(store: JobStore, new_job: MakeJob) -> None:
+    job = admit(store, limits(max_inflight_per_tenant=1), new_job()).job
+    if isinstance(store, MemoryJobStore):  # as if the record's TTL ran out unfinished
+        store._inflight["acme"][job.id] = time.monotonic() - 1
+    else:
+        store._redis.zadd(f"{store._ns}:inflight:acme", {job.id: 1})
+    assert store.inflight_count("acme") == 0
+    assert admit(store, limits(max_inflight_per_tenant=1), new_job()).outcome is AdmissionOutcome.created
+    assert store.prune_inflight() == 1 and store.prune_inflight() == 0
+    assert store.inflight_count("acme") == 1

@@ -26,6 +26,7 @@ FAMILIES = {
     "fae_webhook_deliveries",
     "fae_worker_ready",
     "fae_dead_letters",
+    "fae_cuda_graph_fallbacks",
 }
 REPO = Path(__file__).resolve().parents[2]
 

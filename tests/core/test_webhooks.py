@@ -124,6 +124,42 @@ def test_delivery_to_loopback_is_refused_without_allowlist(receiver: Receiver) -
     assert receiver.received == []
 
 
+# 127.0.0.1 written the ways a URL can carry it: IPv6 transition forms and the textual IPv4 forms that
+# inet_aton (and so the resolver) accepts.
+LOOPBACK_IN_DISGUISE = [
+    "[2002:7f00:1::]",  # 6to4
+    "[2002:7f00:1:0:1234::1]",
+    "[::127.0.0.1]",  # IPv4-compatible
+    "[::ffff:7f00:1]",  # IPv4-mapped, hex
+    "[64:ff9b::127.0.0.1]",  # NAT64 well-known
+    "[64:ff9b:1::7f00:1]",  # NAT64 local-use
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]",  # Teredo, client 127.0.0.1
+    "[2001:0:7f00:1::1]",  # Teredo, server 127.0.0.1
+    "127.1",
+    "0x7f.1",
+    "0x7f000001",
+    "2130706433",
+    "017700000001",
+    "0177.0.0.1",
+    "127.000.000.001",
+    "127.0.0.1.",
+]
+
+
+def test_loopback_in_any_encoding_is_refused_at_submission_and_delivery(receiver: Receiver) -> None:
+    for host in LOOPBACK_IN_DISGUISE:
+        url = receiver.url.replace("127.0.0.1", host)
+        with pytest.raises(WebhookURLRefused):
+            check_webhook_url(url, WebhookSettings())
+        assert deliver(finished_job(), url, generate_secret(), WebhookSettings()).outcome == "refused", host
+    assert receiver.received == []
+
+
+def test_an_ipv4_mapped_public_address_passes() -> None:
+    # (6to4 of a public address passes where Python's ipaddress counts 2002::/16 as global: 3.11.4 on.)
+    assert check_webhook_url("http://[::ffff:8.8.8.8]/", WebhookSettings()).port == 80
+
+
 def test_receiver_errors_are_retryable_and_410_is_final(receiver: Receiver) -> None:
     webhooks = WebhookSettings(allowlist="127.0.0.0/8")
     receiver.status = 503

@@ -135,6 +135,12 @@ def test_extract_package_takes_only_the_needed_regular_files(
     assert not (package / "img" / "google" / "sheets").exists()
     with pytest.raises(EmojiDataError, match="no img/twitter/64"):
         extract_package(tarball, tmp_path / "y", SOURCES["twemoji"])
+    escape = tarfile.TarInfo("package/img/google/64/../../../../../escaped.png")
+    escape.size = 3
+    hostile = _tarball(fake_packages["noto"], tmp_path / "hostile.tgz", [(escape, b"abc")])
+    with pytest.raises(EmojiDataError, match="outside its package"):
+        extract_package(hostile, tmp_path / "h", SOURCES["noto"])
+    assert not (tmp_path / "escaped.png").exists()
     (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
     with pytest.raises(EmojiDataError, match="not a readable npm tarball"):
         extract_package(tmp_path / "junk.tgz", tmp_path / "z", SOURCES["noto"])

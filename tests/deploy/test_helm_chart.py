@@ -29,6 +29,7 @@ CRD_KINDS = {
 }
 GPU_WORKERS = ("generate", "finetune")
 ALL_WORKERS = (*GPU_WORKERS, "webhooks")
+PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 
 # Every optional part of the chart switched on, with the bundled Redis (password-protected).
 ALL_OPTIONAL_BUNDLED: dict[str, Any] = {
@@ -56,6 +57,7 @@ ALL_OPTIONAL_BUNDLED: dict[str, Any] = {
         "finetune": {"keda": {"enabled": True}},
         "webhooks": {"keda": {"enabled": True}},
     },
+    "keda": {"prometheus": {"serverAddress": PROMETHEUS}},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
 }
 
@@ -79,7 +81,8 @@ ALL_OPTIONAL_EXTERNAL: dict[str, Any] = {
             "databaseIndex": 2,
             "enableTLS": True,
             "passwordSecret": {"name": "ops-fae-redis", "key": "password"},
-        }
+        },
+        "prometheus": {"serverAddress": PROMETHEUS},
     },
     "models": {"existingClaim": "fae-weights"},
     "compileCache": {"volume": {"hostPath": {"path": "/var/cache/fae-compile", "type": "DirectoryOrCreate"}}},
@@ -286,7 +289,12 @@ def test_existing_claims_and_raw_volumes_replace_the_chart_claims(render: Render
 
 
 def test_keda_replaces_fixed_replicas_only_where_enabled(render: RenderFn) -> None:
-    docs = render({"workers": {"generate": {"keda": {"enabled": True}}}})
+    docs = render(
+        {
+            "workers": {"generate": {"keda": {"enabled": True}}},
+            "keda": {"prometheus": {"serverAddress": PROMETHEUS}},
+        }
+    )
     assert "replicas" not in named(docs, "Deployment", "-worker-generate")["spec"]
     assert named(docs, "Deployment", "-worker-finetune")["spec"]["replicas"] == 1
     assert [s["metadata"]["name"] for s in by_kind(docs, "ScaledObject")] == [
@@ -440,20 +448,46 @@ def test_keda_scaled_objects_are_well_formed(render: RenderFn, scenario: str) ->
             1, spec["minReplicaCount"]
         )
         queues = container(deployments[target["name"]])["command"][-1].split(",")
-        assert [t["metadata"]["listName"] for t in spec["triggers"]] == queues
-        for trigger in spec["triggers"]:
-            assert trigger["type"] == "redis"
+        lists = [t for t in spec["triggers"] if t["type"] == "redis"]
+        running = [t for t in spec["triggers"] if t["type"] == "prometheus"]
+        assert len(lists) + len(running) == len(spec["triggers"])
+        assert [t["metadata"]["listName"] for t in lists] == queues
+        for trigger in lists:
             meta = trigger["metadata"]
             # KEDA trigger metadata values are strings.
             assert all(isinstance(v, str) for v in meta.values())
             assert meta["address"].rsplit(":", 1)[1].isdigit()
             assert int(meta["listLength"]) >= 1
             assert trigger["authenticationRef"]["name"] in auths
+        # Queued jobs are on the lists; running ones only in fae_jobs_running: both keep replicas up.
+        assert [t["metadata"]["query"] for t in running] == [
+            f'sum(fae_jobs_running{{queue="{queue}"}}) or vector(0)' for queue in queues
+        ]
+        for trigger in running:
+            assert all(isinstance(v, str) for v in trigger["metadata"].values())
+            assert trigger["metadata"]["serverAddress"] == PROMETHEUS
+            assert trigger["metadata"]["threshold"] == lists[0]["metadata"]["listLength"]
     for auth in auths.values():
         _check_metadata(auth)
         refs = auth["spec"]["secretTargetRef"]
         assert refs and all(set(r) == {"parameter", "name", "key"} for r in refs)
         assert refs[0]["parameter"] == "password"
+
+
+@pytest.mark.parametrize("worker", GPU_WORKERS)
+def test_keda_on_a_job_worker_without_prometheus_fails_with_a_clear_message(
+    chart: Chart, worker: str
+) -> None:
+    """Scaling on list length alone would scale a pod away under the job it runs (a fine-tune dies with it)."""
+    with pytest.raises(
+        helm_python.HelmError, match=rf"workers.{worker}.keda needs keda.prometheus.serverAddress"
+    ):
+        chart.render(
+            {"workers": {worker: {"keda": {"enabled": True}}}},
+            name=RELEASE,
+            namespace=NAMESPACE,
+            is_install=True,
+        )
 
 
 def test_keda_against_external_redis_uses_the_configured_address(render: RenderFn) -> None:

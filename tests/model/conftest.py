@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.synthetic import write_dataset
 
@@ -26,6 +27,37 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class AtenOps(TorchDispatchMode):
+    """Records every aten op run inside it (`with AtenOps() as ops: ...`): to compare two code paths' ops and
+    to find device→host syncs, which a CPU run shows as ops even though only a GPU would stall on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[torch._ops.OpOverload] = []
+
+    def __torch_dispatch__(
+        self, func: torch._ops.OpOverload, types: tuple, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def names(self) -> list[str]:
+        return [str(op) for op in self.ops]
+
+    @property
+    def syncs(self) -> list[str]:
+        """Ops whose result the host must wait for: value reads (`.item()`, `bool(t)` become
+        `_local_scalar_dense`) and ops whose output shape depends on the data (`nonzero`, `masked_select`)."""
+        data_dependent = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
+        return [str(op) for op in self.ops if any(tag in op.tags for tag in data_dependent)]
+
+
+@pytest.fixture
+def aten_ops() -> type[AtenOps]:
+    return AtenOps
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.errors import InvalidInputError
-from model.guidance import GuidanceSchedule, guided_velocity
+from model.guidance import GuidanceSchedule, guided_rows, guided_velocity
 
 
 class RecordingModel:
@@ -42,8 +42,9 @@ def test_guided_velocity_per_sample_scale_and_skipped_unconditional_pass() -> No
     t = torch.full((3,), 0.5)
     cond = {"class_labels": torch.tensor([4, 5, 6])}
     uncond = {"class_labels": torch.tensor([10, 10, 10])}
-    scales = torch.tensor([1.0, 3.0, 0.0])
-    v = guided_velocity(model, x, t, cond, uncond, scales)
+    scales = [1.0, 3.0, 0.0]
+    assert guided_rows(scales) == [1, 2]  # found on the host, never by reading the device
+    v = guided_velocity(model, x, t, cond, uncond, torch.tensor(scales), torch.tensor(guided_rows(scales)))
     # One forward of 3 conditional rows + 2 unconditional rows (the row with scale 1 needs none).
     assert model.batch_sizes == [5]
     assert torch.allclose(v[0], torch.full((2, 1, 1), 4.0))  # scale 1: conditional as is
@@ -61,5 +62,31 @@ def test_no_guidance_means_one_conditional_pass() -> None:
         {"class_labels": torch.tensor([1, 2])},
         {"class_labels": torch.tensor([0, 0])},
         torch.ones(2),
+        None,
     )
     assert model.batch_sizes == [2]
+
+
+def test_the_model_sees_its_dtype_and_the_combination_is_fp32() -> None:
+    """A bf16 generator gets bf16 input; its velocity comes back, and is combined, in fp32."""
+    seen: list[torch.dtype] = []
+
+    def bf16_model(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        seen.append(x.dtype)
+        return (x + class_labels.view(-1, 1, 1, 1)).to(torch.bfloat16)
+
+    x = torch.full((2, 1, 1, 1), 1.0 / 3.0)
+    v = guided_velocity(
+        bf16_model,
+        x,
+        torch.ones(2),
+        {"class_labels": torch.tensor([1, 2])},
+        {"class_labels": torch.tensor([0, 0])},
+        torch.tensor([1.0, 1.1]),
+        torch.tensor([1]),
+        torch.bfloat16,
+    )
+    assert seen == [torch.bfloat16] and v.dtype == torch.float32
+    x_bf16 = float(x.to(torch.bfloat16)[0])
+    cond, uncond = float(torch.tensor(x_bf16 + 2).bfloat16()), float(torch.tensor(x_bf16).bfloat16())
+    assert float(v[1]) == pytest.approx(uncond + 1.1 * (cond - uncond), rel=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,42 @@ def test_a_batch_mixing_adapters_equals_each_sample_alone(preset: str, tmp_path:
     alone = [generate(pipe, [job])[0] for job in jobs]
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # One adapter row: the batch routes through the slots, the plain row alone skips them; same images.
+    for a, b in zip(alone[:2], generate(pipe, jobs[:2]), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     # Each adapter acts on its own rows only: the same seed through another slot gives other images.
     assert not torch.allclose(generate(pipe, [(6, 0)])[0], together[1], atol=1e-3)
+
+
+def recording(generator: torch.nn.Module, aten_ops: type, calls: list) -> Callable[..., torch.Tensor]:
+    """The generator's forward, recording each call's keyword names and aten ops."""
+
+    def forward(*args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        with aten_ops() as ops:
+            out = generator(*args, **kwargs)
+        calls.append((sorted(kwargs), ops.names))
+        return out
+
+    return forward
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_batch_without_adapters_runs_exactly_the_plain_generator(preset: str, aten_ops: type) -> None:
+    """With slots attached (the worker's default) but no adapter in the batch, the generator is called without
+    `adapter_slots` and runs the unslotted generator's aten ops, no gathers, for the same images."""
+    slotted = perturbed_pipe(preset)
+    plain = copy.deepcopy(slotted)
+    AdapterSlots.attach(slotted.generator, num_slots=4, max_rank=4, max_batch=16)
+    calls: dict[str, list[tuple[list[str], list[str]]]] = {"plain": [], "slotted": []}
+    images = {}
+    for name, pipe in (("plain", plain), ("slotted", slotted)):
+        batcher = DenoisingBatcher(pipe, forward=recording(pipe.generator, aten_ops, calls[name]))
+        batcher.add(DenoisingJob(0, pipe.prepare_samples(**request(pipe), num_images=2, key=0)))
+        (result,) = batcher.run_until_idle()
+        images[name] = result.images
+    assert "adapter_slots" not in calls["slotted"][0][0]
+    assert calls["slotted"] == calls["plain"]
+    assert torch.equal(images["slotted"], images["plain"])
 
 
 @pytest.mark.slow
@@ -217,13 +252,15 @@ def test_generators_without_slots_take_only_no_adapter() -> None:
     slots = AdapterSlots.attach(pipe.generator, num_slots=2, max_rank=2, max_batch=2)
     assert adapter_slots(pipe.generator) is slots
     sample = pipe.prepare_samples(class_labels=1, num_inference_steps=2, adapter_slot=1)[0]
-    assert sample.cond["adapter_slots"].tolist() == sample.uncond["adapter_slots"].tolist() == [1]
+    assert sample.adapter_slot == 1 and "adapter_slots" not in sample.cond  # the batcher adds it when used
     with torch.no_grad():
         torch.testing.assert_close(
             pipe.generator(latents, t, labels), base, atol=1e-6, rtol=0
         )  # slot 0: base
+        four = (torch.cat([latents] * 2), torch.cat([t] * 2), torch.cat([labels] * 2))
         with pytest.raises(InvalidInputError, match="exceeds the 2 rows"):
-            pipe.generator(torch.cat([latents] * 2), torch.cat([t] * 2), torch.cat([labels] * 2))
+            pipe.generator(*four, adapter_slots=torch.zeros(4, dtype=torch.long))
+        pipe.generator(*four)  # without adapter rows the slot index is not used: any batch size
 
 
 def test_a_fine_tune_from_a_slotted_pipeline_trains_a_clean_copy(brand_dir: Path, tmp_path: Path) -> None:

@@ -105,3 +105,45 @@ def test_public_probes_need_no_key(make_gateway) -> None:
     gw = make_gateway()
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
         assert gw.client.get(path).status_code == 200, path
+
+
+def test_shared_job_routes_are_scoped_by_the_jobs_kind(make_gateway) -> None:
+    """One tenant, three keys: a generate-only key never sees a fine-tune, a fine-tune-only key never sees a
+    generate job, on every route both kinds share (read, list, events, cancel)."""
+    keys = (
+        "acme:acme-key-0001,acme:acme-gen-0001:generate,acme:acme-ft-0001:finetune,acme:acme-adm-0001:admin"
+    )
+    gw = make_gateway(api_keys=keys)
+    both, gen_only, ft_only, admin_only = (
+        {"Authorization": f"Bearer acme-{name}-0001"} for name in ("key", "gen", "ft", "adm")
+    )
+    made = {
+        kind: Job(
+            id=kind.value[0] * 32, kind=kind, status=JobStatus.queued, tenant="acme", created_at=utcnow()
+        )
+        for kind in JobKind
+    }
+    for job in made.values():
+        gw.store.create(job)
+    generate_id, finetune_id = made[JobKind.generate].id, made[JobKind.finetune].id
+    for key, foreign in ((gen_only, finetune_id), (ft_only, generate_id)):
+        for method, path in [
+            ("GET", f"/v1/jobs/{foreign}"),
+            ("GET", f"/v1/jobs/{foreign}/events"),
+            ("POST", f"/v1/jobs/{foreign}/cancel"),
+        ]:
+            response = gw.client.request(method, path, headers=key)
+            assert response.status_code == 403, (method, path, response.text)
+            assert response.json()["type"].endswith("missing-scope")
+    assert gw.store.get(generate_id).status is gw.store.get(finetune_id).status is JobStatus.queued
+
+    def ids(key: dict[str, str]) -> list[str]:
+        return [job["id"] for job in gw.client.get("/v1/jobs", headers=key).json()["data"]]
+
+    assert ids(gen_only) == [generate_id] and ids(ft_only) == [finetune_id]
+    assert sorted(ids(both)) == sorted([generate_id, finetune_id])
+    assert gw.client.get("/v1/jobs?kind=finetune", headers=gen_only).status_code == 403
+    assert gw.client.get("/v1/jobs?kind=generate", headers=ft_only).status_code == 403
+    assert gw.client.get("/v1/jobs", headers=admin_only).status_code == 403
+    assert gw.client.get(f"/v1/jobs/{generate_id}", headers=gen_only).status_code == 200
+    assert gw.client.get(f"/v1/jobs/{finetune_id}", headers=ft_only).status_code == 200

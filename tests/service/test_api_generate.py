@@ -8,7 +8,7 @@ import pytest
 
 from core.contract import AdapterRecord, JobStatus, adapter_key
 from core.jobstore import MemoryJobStore
-from core.jobstore.base import utcnow
+from core.jobstore.base import Admission, utcnow
 
 PROBLEM = "application/problem+json"
 
@@ -279,7 +279,7 @@ def test_enqueue_failure_is_503_and_the_job_is_marked_failed(make_gateway, heade
 
 
 class BrokenStore(MemoryJobStore):
-    def check_rate(self, tenant: str, limit_per_minute: int) -> float | None:
+    async def admit(self, *args: object, **kwargs: object) -> Admission:
         raise RuntimeError("secret internal detail")
 
 

@@ -285,12 +285,35 @@ def test_generate_end_to_end_with_outputs_in_s3(live: Cluster, generate_job: Cal
     assert_images(live, final, 2)
     worker = live.worker_running(final)
     status, body = worker.get("/readyz")
-    assert status == 200 and json.loads(body)["checks"] == {"model": True, "consuming": True, "redis": True}
+    assert status == 200 and json.loads(body)["checks"] == {
+        "model": True,
+        "consuming": True,
+        "redis": True,
+        "storage": True,
+    }
     assert live.metric_total("fae_images_generated_total", model="tiny") == images_before + 2
     assert live.metric_total("fae_worker_ready") == 2
     assert live.metric_total("fae_model_warmup_seconds") > 0
     assert live.metric_total("fae_job_duration_seconds_count", kind="generate", stage="denoise") >= 1
     assert live.metric_total("fae_denoise_step_seconds_count") >= 3
+
+
+def test_concurrent_jobs_share_generator_calls(live: Cluster, generate_job: Callable[..., Job]) -> None:
+    """Each worker holds several jobs at once (FAE_WORKER_CONCURRENCY) and its engine denoises them in shared
+    generator calls: 8 jobs of 30 steps take far fewer than 8 × 30 generator calls (fae_batch_size)."""
+    jobs_n, steps = 8, 30
+    calls_before = live.metric_total("fae_batch_size_count")
+    rows_before = live.metric_total("fae_batch_size_sum")
+    jobs = [live.submit(generate_job(steps=steps, seed=100 + i)) for i in range(jobs_n)]
+    finals = [live.wait_terminal(job.id) for job in jobs]
+    assert all(f.status is JobStatus.succeeded for f in finals), [(f.id, f.error) for f in finals]
+    calls = live.metric_total("fae_batch_size_count") - calls_before
+    rows = live.metric_total("fae_batch_size_sum") - rows_before
+    assert rows == jobs_n * steps  # every sample-step denoised once
+    assert calls <= jobs_n * steps / 2, (
+        f"{calls} generator calls for {rows} sample-steps: jobs were not batched"
+    )
+    assert len({f.worker_id for f in finals}) <= 2 and all(f.attempts == 1 for f in finals)
 
 
 def test_generate_through_the_gateway_api(live: Cluster) -> None:

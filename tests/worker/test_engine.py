@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from model.errors import GenerationCanceled, InvalidInputError
-from worker.engine import AdapterSpec, Engine, GenerationRequest, UnknownModelError, warm_up
+from worker.engine import AdapterSpec, Engine, EngineHooks, GenerationRequest, UnknownModelError, warm_up
 
 
 @pytest.fixture
@@ -23,15 +23,32 @@ def engine(tiny_pipeline: Any) -> Iterator[Engine]:
         engine.close()
 
 
-def test_progress_reports_every_step_with_eta(engine: Engine) -> None:
+@pytest.fixture
+def slow_engine(tiny_pipeline: Any) -> Iterator[Engine]:
+    """Steps take at least 10 ms, so a caller polling every few ms sees every one of them."""
+    engine = Engine({"tiny": tiny_pipeline}, hooks=EngineHooks(step_delay_s=0.01))
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def test_progress_is_reported_on_the_callers_thread_with_eta(slow_engine: Engine) -> None:
     seen: list[tuple[int, int, float | None]] = []
-    result = engine.run(
-        GenerationRequest(class_label=2, n=2, steps=5, seed=7),
-        on_progress=lambda step, total, eta: seen.append((step, total, eta)),
+    threads: set[str] = set()
+
+    def on_progress(step: int, total: int, eta: float | None) -> None:
+        seen.append((step, total, eta))
+        threads.add(threading.current_thread().name)
+
+    result = slow_engine.run(
+        GenerationRequest(class_label=2, n=2, steps=5, seed=7), on_progress, poll_s=0.002
     )
-    assert [step for step, _, _ in seen] == [1, 2, 3, 4, 5]
+    steps = [step for step, _, _ in seen]
+    assert steps == sorted(set(steps)) and steps[-1] == 5 and len(steps) >= 3  # monotone, ends at the last
     assert all(total == 5 for _, total, _ in seen)
     assert all(eta is not None and eta >= 0 for _, _, eta in seen) and seen[-1][2] == 0
+    assert threads == {threading.current_thread().name}  # never the device thread
     assert result.model == "tiny" and result.steps_run == 5 and result.seeds == [7, 8]
     assert len(result.images) == 2 and result.images[0].size == (32, 32)
     assert result.denoise_s > 0 and result.decode_s >= 0
@@ -45,24 +62,25 @@ def test_same_seed_same_images(engine: Engine) -> None:
     assert not np.array_equal(np.asarray(first.images[0]), np.asarray(other.images[0]))
 
 
-def test_cancel_check_stops_between_steps(engine: Engine) -> None:
+def test_cancel_check_stops_between_steps(slow_engine: Engine) -> None:
     seen: list[int] = []
     with pytest.raises(GenerationCanceled):
-        engine.run(
+        slow_engine.run(
             GenerationRequest(class_label=0, steps=50, seed=1),
             on_progress=lambda step, total, eta: seen.append(step),
-            should_cancel=lambda: len(seen) >= 3,
+            should_cancel=lambda: bool(seen) and seen[-1] >= 3,
+            poll_s=0.002,
         )
-    assert seen == [1, 2, 3]
+    assert 3 <= seen[-1] < 50  # stopped a step or two after the check said so, far from the end
 
 
 def test_handle_cancel_from_another_thread(engine: Engine) -> None:
-    started = threading.Event()
-    handle = engine.submit(
-        GenerationRequest(class_label=0, steps=250, seed=1),
-        on_progress=lambda step, total, eta: started.set(),
-    )
-    assert started.wait(30)
+    handle = engine.submit(GenerationRequest(class_label=0, steps=250, seed=1))
+    for _ in range(3000):  # bounded: about 30 s
+        if handle.progress is not None:
+            break
+        threading.Event().wait(0.01)
+    assert handle.progress is not None
     handle.cancel()
     with pytest.raises(GenerationCanceled):
         handle.result(timeout=30)
@@ -231,3 +249,71 @@ def test_same_adapter_at_two_scales_without_slots_keeps_each_scale(tmp_path: Pat
             assert np.abs(pixels(a) - pixels(b)).max() <= 1
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_compiled_engine_serves_every_batch_shape_without_recompiling(tmp_path: Path) -> None:
+    """Compile on: after warm-up, requests of several sizes, with and without guidance, with and without an
+    adapter, run the graphs warm-up compiled. Dynamo's eager backend keeps the guards inductor has (grad mode,
+    shapes, keyword names) without its C++ compile time."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from model.compiled import accelerate_pipeline
+
+    pipe, specs = _pipeline_with_adapters(tmp_path)
+    fast = accelerate_pipeline(pipe, buckets=(2, 4, 8), compile=True, backend="eager")
+    engine = Engine(
+        {"tiny": pipe}, max_batch_size=4, accelerated={"tiny": fast}, adapter_slots=2, adapter_max_rank=2
+    )
+    try:
+        warm_up(engine)
+        graphs = counters["stats"]["unique_graphs"]
+        jobs = [
+            GenerationRequest(class_label=1, n=n, steps=2, seed=n, guidance_scale=scale)
+            for n in (1, 3, 4)
+            for scale in (1.0, 3.0)
+        ]
+        jobs.append(GenerationRequest(class_label=2, n=2, steps=2, seed=9, adapter=specs[0]))
+        # Set, not patched: config.patch is thread-local, and the engine thread compiles.
+        torch._dynamo.config.error_on_recompile = True  # a recompile fails the request
+        alone = [engine.run(job) for job in jobs]
+        together = run_together(engine, jobs[:3])
+        assert [len(r.images) for r in alone] == [1, 1, 3, 3, 4, 4, 2] and len(together) == 3
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled after warm-up
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        engine.close()
+
+
+def test_prompts_admitted_together_are_encoded_in_one_call() -> None:
+    """Text conditioning off the per-request path: jobs admitted in the same round share one text-encoder call,
+    the empty prompt (the unconditional branch) is encoded once per model, and the images equal each alone."""
+    from model import FAEPipeline
+
+    pipe = FAEPipeline.from_preset("tiny-t2i", seed=0)
+    calls: list[list[str]] = []
+    encode = pipe.text_encoder.encode
+
+    def counting_encode(prompts: list[str]) -> Any:
+        calls.append(list(prompts))
+        return encode(prompts)
+
+    pipe.text_encoder.encode = counting_encode
+    engine = Engine({"t2i": pipe})
+    try:
+        jobs = [
+            GenerationRequest(prompt="red apple", n=2, steps=3, seed=1, guidance_scale=3.0),
+            GenerationRequest(prompt="blue heart", steps=3, seed=2, guidance_scale=3.0),
+            GenerationRequest(prompt="rocket", steps=3, seed=3),
+        ]
+        together = run_together(engine, jobs)
+        assert calls == [["red apple", "red apple", "blue heart", "rocket"], [""]]
+        calls.clear()
+        alone = [engine.run(job) for job in jobs]
+        assert calls == [["red apple", "red apple"], ["blue heart"], ["rocket"]]  # no second null encoding
+    finally:
+        engine.close()
+    for batched, single in zip(together, alone, strict=True):
+        for a, b in zip(batched.images, single.images, strict=True):
+            assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from core.contract import Job, JobKind, JobStatus, adapter_key, dataset_key
+from core.contract import Job, JobKind, JobStatus, adapter_key, checkpoints_key, dataset_key
 from core.jobstore import JobStore, MemoryJobStore
 from core.jobstore.base import utcnow
 from core.settings import Settings
@@ -149,11 +149,14 @@ def test_cancel_a_running_job_between_steps(
     thread = threading.Thread(target=lambda: result.append(execute(job.id, store, storage, engine, settings)))
     thread.start()
     wait_for(lambda: store.get(job.id).progress.step >= 2, what="the job to take steps")
+    running = REGISTRY.get_sample_value("fae_jobs_running", {"queue": "generate"})
+    assert running == 1  # what autoscaling adds to the queue's length: the job is off the Celery list now
     store.request_cancel(job.id)
     thread.join(30)
     engine.close()
     final = result[0]
     assert final.status is JobStatus.canceled and final.error.reason == "canceled"
+    assert REGISTRY.get_sample_value("fae_jobs_running", {"queue": "generate"}) == 0
     assert 2 <= final.progress.step < 250 and final.outputs == []
     assert storage.list("tenants/") == []
 
@@ -258,6 +261,8 @@ def test_finetune_job_trains_an_adapter_that_generate_uses(
     assert record.key == adapter_key("acme", job.id) and record.model == "tiny" and record.name == "brand"
     assert storage.list(record.key)  # the adapter files are in storage
     assert store.get_adapter("other-tenant", job.id) is None
+    assert storage.list(dataset_key("acme", job.id))  # kept (until its adapter goes, or retention)
+    assert storage.list(checkpoints_key("acme", job.id)) == []  # the mirror is cleared once it succeeded
 
     plain = execute(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
     tuned = submit(store, generate_job(seed=3, steps=3, adapter=job.id))
@@ -266,6 +271,20 @@ def test_finetune_job_trains_an_adapter_that_generate_uses(
     assert storage.get_bytes(tuned.outputs[0].key) != storage.get_bytes(plain.outputs[0].key)
     again = execute(submit(store, generate_job(seed=3, steps=3)).id, store, storage, engine, settings)
     assert storage.get_bytes(again.outputs[0].key) == storage.get_bytes(plain.outputs[0].key)  # unloaded
+
+
+def test_a_finetunes_dataset_can_go_once_it_succeeded(
+    store: JobStore, storage: LocalStorage, engine: Engine, settings: Settings
+) -> None:
+    job = finetune_job(steps=1)
+    for i in range(10):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(buffer, format="PNG")
+        storage.put_bytes(f"{dataset_key('acme', job.id)}img{i}.png", buffer.getvalue(), "image/png")
+    store.create(job)
+    final = execute(job.id, store, storage, engine, settings.override(delete_dataset_after_training=True))
+    assert final.status is JobStatus.succeeded, final.error
+    assert storage.list(dataset_key("acme", job.id)) == [] and storage.list(adapter_key("acme", job.id))
 
 
 def test_finetune_with_an_empty_dataset_fails_with_invalid_input(
@@ -325,3 +344,29 @@ def test_embedded_runner_runs_jobs_and_retries_webhooks(
     finally:
         runner.stop()
     assert not runner.ping() and REGISTRY.get_sample_value("fae_worker_ready") == 0
+
+
+def test_embedded_runner_batches_concurrent_jobs(
+    store: JobStore, storage: LocalStorage, settings: Settings, tiny_model_dir: Path,
+    generate_job: Callable[..., Job], submit: Submit,
+) -> None:  # fmt: skip
+    """Embedded mode holds FAE_WORKER_CONCURRENCY jobs at once: queued jobs share generator calls."""
+    settings = settings.override(models=f"tiny={tiny_model_dir}", worker_concurrency=4)
+    jobs = [submit(store, generate_job(steps=40, seed=i)) for i in range(4)]
+    runner = InProcessJobQueue(settings, store, storage)
+    for job in jobs:  # queued before the model is warm: the four job threads take them together
+        runner.enqueue(job)
+    calls_before = REGISTRY.get_sample_value("fae_batch_size_count") or 0.0
+    rows_before = REGISTRY.get_sample_value("fae_batch_size_sum") or 0.0
+    runner.start()
+    try:
+        for job in jobs:
+            wait_for(lambda j=job: store.get(j.id).status.terminal, 60, "the embedded job to finish")
+            assert store.get(job.id).status is JobStatus.succeeded
+    finally:
+        runner.stop()
+    calls = REGISTRY.get_sample_value("fae_batch_size_count") - calls_before
+    rows = REGISTRY.get_sample_value("fae_batch_size_sum") - rows_before
+    warmup_rows = 2  # load_and_warm's one-image, two-step generation
+    assert rows == 4 * 40 + warmup_rows
+    assert calls <= (rows - warmup_rows) / 2 + warmup_rows, f"{calls} calls for {rows} sample-steps"

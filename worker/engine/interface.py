@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,12 @@ class GenerationRequest:
     seed: int | None = None
     sampler: str = "euler"
     adapter: AdapterSpec | None = None
+    tenant: str | None = None  # tenants share a full batch fairly (see model.batching.DenoisingBatcher)
 
     @classmethod
-    def from_api(cls, request: GenerateRequest, adapter: AdapterSpec | None = None) -> GenerationRequest:
+    def from_api(
+        cls, request: GenerateRequest, adapter: AdapterSpec | None = None, tenant: str | None = None
+    ) -> GenerationRequest:
         return cls(
             model=request.model,
             prompt=request.prompt,
@@ -83,6 +87,7 @@ class GenerationRequest:
             seed=request.seed,
             sampler=request.sampler,
             adapter=adapter,
+            tenant=tenant,
         )
 
 
@@ -98,26 +103,61 @@ class GenerationResult:
 
 @dataclass
 class GenerationHandle:
-    """A submitted request: wait on it with ``result()``, stop it with ``cancel()``."""
+    """A submitted request: wait on it with ``wait()`` or ``result()``, stop it with ``cancel()``.
+
+    The engine thread only writes ``progress`` (in memory) and reads the cancel flag between steps; whatever
+    the caller does with them (job-store writes, cancel polling: network I/O) happens on the caller's thread in
+    ``wait``, never on the device thread.
+    """
 
     request: GenerationRequest
     model: str
-    on_progress: ProgressCallback | None = None
-    should_cancel: CancelCheck | None = None
     _future: Future[GenerationResult] = field(default_factory=Future, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    # (step, total, eta_s) after the latest denoising step; one tuple, replaced whole (safe across threads).
+    _progress: tuple[int, int, float | None] | None = field(default=None, repr=False)
+
+    @property
+    def progress(self) -> tuple[int, int, float | None] | None:
+        return self._progress
 
     def cancel(self) -> None:
         self._cancel.set()
 
     def cancel_requested(self) -> bool:
-        if self._cancel.is_set():
-            return True
-        if self.should_cancel is not None and self.should_cancel():
-            self._cancel.set()
-            return True
-        return False
+        return self._cancel.is_set()
 
     def result(self, timeout: float | None = None) -> GenerationResult:
         """The result; raises what generation raised (``GenerationCanceled``, ``InvalidInputError``...)."""
         return self._future.result(timeout)
+
+    def wait(
+        self,
+        on_progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+        poll_s: float = 0.05,
+    ) -> GenerationResult:
+        """Block until done, every ``poll_s`` reporting new progress and cancelling when ``should_cancel()``;
+        the last progress is reported before the result is returned."""
+        reported: tuple[int, int, float | None] | None = None
+        while True:
+            try:
+                result = self._future.result(timeout=poll_s)
+            except FutureTimeout:
+                result = None
+            except BaseException:
+                self._report(on_progress, reported)
+                raise
+            reported = self._report(on_progress, reported)
+            if result is not None:
+                return result
+            if should_cancel is not None and not self._cancel.is_set() and should_cancel():
+                self.cancel()
+
+    def _report(
+        self, on_progress: ProgressCallback | None, reported: tuple[int, int, float | None] | None
+    ) -> tuple[int, int, float | None] | None:
+        current = self._progress
+        if on_progress is not None and current is not None and current != reported:
+            on_progress(*current)
+        return current

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from worker.engine.loop import Engine
 
 log = logging.getLogger(__name__)
 
-# Batch-size buckets compiled and captured ahead of time (those up to twice the sample limit are used).
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Batch-size buckets captured as CUDA graphs ahead of time (those up to twice the sample limit are used); one
+# compiled graph serves them all. No bucket of 1: a batch of one pads to 2 rather than cost a second compile
+# (dynamo specialises size 1), and a guided image is two rows anyway.
+BATCH_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
 
 
 def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
@@ -47,7 +50,11 @@ def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
         buckets = [b for b in BATCH_BUCKETS if b <= 2 * settings.max_batch_size]
         for name, pipe in pipelines.items():
             accelerated[name] = accelerate_pipeline(
-                pipe, buckets, compile=settings.compile, cuda_graphs=settings.cuda_graphs
+                pipe,
+                buckets,
+                compile=settings.compile,
+                cuda_graphs=settings.cuda_graphs,
+                on_graph_fallback=partial(_count_graph_fallback, name),
             )
     return Engine(
         pipelines,
@@ -61,14 +68,22 @@ def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
     )
 
 
-def warm_up(engine: Engine) -> float:
+def _count_graph_fallback(model: str, module: str) -> None:
+    metrics.CUDA_GRAPH_FALLBACKS.labels(model=model, module=module).inc()
+
+
+def warm_up(engine: Engine, compile_cache_dir: str | Path | None = None) -> float:
     """Compile and capture every batch bucket, then one tiny generation per model, so the first real job pays
-    no first-call costs; sets ``engine.ready``. The seconds it took."""
-    from model.compiled import warm_accelerated
+    no first-call costs; sets ``engine.ready``. With a compile cache directory, what was compiled is saved
+    there for the next start. The seconds it took."""
+    from model.compiled import save_compile_cache, warm_accelerated
 
     started = time.perf_counter()
     for name, fast in engine.accelerated.items():
         engine.run_exclusive(name, lambda pipe, fast=fast: warm_accelerated(pipe, fast))
+    if engine.accelerated and compile_cache_dir is not None:
+        saved = save_compile_cache(compile_cache_dir)
+        log.info("compile cache saved", extra={"directory": str(compile_cache_dir), "bytes": saved})
     for name in engine.models:
         text = getattr(engine.pipeline(name), "condition_type", "class") == "text"
         condition: dict[str, Any] = {"prompt": "warm-up"} if text else {"class_label": 0}
@@ -81,7 +96,7 @@ def load_and_warm(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
     """``load_engine`` then ``warm_up``; the total time goes to fae_model_warmup_seconds."""
     started = time.perf_counter()
     engine = load_engine(settings, catalog)
-    warmup_s = warm_up(engine)
+    warmup_s = warm_up(engine, settings.compile_cache_dir)
     total_s = time.perf_counter() - started
     metrics.MODEL_WARMUP_SECONDS.set(total_s)
     log.info(

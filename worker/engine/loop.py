@@ -105,14 +105,9 @@ class Engine:
             raise UnknownModelError(f"unknown model {name!r}; this worker serves {sorted(self._pipelines)}")
         return name
 
-    def submit(
-        self,
-        request: GenerationRequest,
-        on_progress: ProgressCallback | None = None,
-        should_cancel: CancelCheck | None = None,
-    ) -> GenerationHandle:
+    def submit(self, request: GenerationRequest) -> GenerationHandle:
         """Queue a request for the engine thread; raises ``UnknownModelError`` at once for a bad model."""
-        handle = GenerationHandle(request, self.resolve_model(request.model), on_progress, should_cancel)
+        handle = GenerationHandle(request, self.resolve_model(request.model))
         self.start()
         self._pending.put(handle)
         return handle
@@ -122,8 +117,10 @@ class Engine:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        poll_s: float = 0.05,
     ) -> GenerationResult:
-        return self.submit(request, on_progress, should_cancel).result()
+        """Submit and wait; the callbacks run on this (the calling) thread, see ``GenerationHandle.wait``."""
+        return self.submit(request).wait(on_progress, should_cancel, poll_s)
 
     def run_exclusive(self, model: str | None, fn: Callable[[Any], T]) -> T:
         """Run ``fn(pipeline)`` on the engine thread with the device to itself (fine-tuning, tools)."""
@@ -173,6 +170,7 @@ class Engine:
         groups: dict[tuple[str, str | None, float], _Group] = {}
         while True:
             block = not groups and not self._deferred
+            arrivals: list[GenerationHandle] = []
             while True:
                 try:
                     item = self._pending.get(block=block)
@@ -188,7 +186,8 @@ class Engine:
                     if item.future.set_running_or_notify_cancel():
                         self._settle(item.future, item.fn)
                 else:
-                    self._admit(item, groups)
+                    arrivals.append(item)
+            self._admit(arrivals, groups)
             for key, group in list(groups.items()):
                 self._step_group(group)
                 if group.engine.idle:
@@ -197,20 +196,62 @@ class Engine:
             for handle in deferred:  # slots may have been released by finished jobs
                 self._admit_running(handle, groups)
 
-    def _admit(self, handle: GenerationHandle, groups: dict[tuple[str, str | None, float], _Group]) -> None:
-        if not handle._future.set_running_or_notify_cancel():
-            return
-        request = handle.request
-        if self._hooks.crash_on_prompt and request.prompt == self._hooks.crash_on_prompt:
-            # Test-only poison job: die the way an OOM kill does, with no chance to clean up.
-            log.error("test crash hook matched the prompt: killing this process")
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._admit_running(handle, groups)
+    def _admit(
+        self, arrivals: list[GenerationHandle], groups: dict[tuple[str, str | None, float], _Group]
+    ) -> None:
+        """Admit the requests submitted since the last round, their prompts encoded in one call per model."""
+        running = [h for h in arrivals if h._future.set_running_or_notify_cancel()]
+        for handle in running:
+            prompt = handle.request.prompt
+            if self._hooks.crash_on_prompt and prompt == self._hooks.crash_on_prompt:
+                # Test-only poison job: die the way an OOM kill does, with no chance to clean up.
+                log.error("test crash hook matched the prompt: killing this process")
+                os.kill(os.getpid(), signal.SIGKILL)
+        encoded = self._encode_prompts(running)
+        for handle in running:
+            self._admit_running(handle, groups, encoded.get(id(handle)))
+
+    def _encode_prompts(self, handles: list[GenerationHandle]) -> dict[int, Any]:
+        """One text-encoder call per text model for every prompt admitted together (each repeated ``n``
+        times): handle id → its rows. A handle left out encodes its own prompt (and reports its own error)."""
+        import torch
+
+        from model.pipeline import MAX_IMAGES_PER_CALL
+
+        by_model: dict[str, list[GenerationHandle]] = {}
+        for handle in handles:
+            request = handle.request
+            text = getattr(self._pipelines[handle.model], "condition_type", "class") == "text"
+            if text and isinstance(request.prompt, str) and 1 <= request.n <= MAX_IMAGES_PER_CALL:
+                by_model.setdefault(handle.model, []).append(handle)
+        encoded: dict[int, Any] = {}
+        for model, batch in by_model.items():
+            if len(batch) < 2:
+                continue  # nothing to share
+            prompts = [h.request.prompt for h in batch for _ in range(h.request.n)]
+            try:
+                with torch.inference_mode():
+                    rows = self._pipelines[model].encode_text(prompts)
+            except Exception:  # each request then encodes (and fails) on its own
+                log.warning("batched prompt encoding failed", extra={"model": model}, exc_info=True)
+                continue
+            start = 0
+            for handle in batch:
+                end = start + handle.request.n
+                encoded[id(handle)] = {k: v[start:end] for k, v in rows.items()}
+                start = end
+        return encoded
 
     def _admit_running(
-        self, handle: GenerationHandle, groups: dict[tuple[str, str | None, float], _Group]
+        self,
+        handle: GenerationHandle,
+        groups: dict[tuple[str, str | None, float], _Group],
+        encoded: Any = None,
     ) -> None:
-        """Prepare a running job's samples (loading its adapter) and add them to its group's batch."""
+        """Prepare a running job's samples (loading its adapter) and add them to its group's batch;
+        ``encoded``: its prompt rows when ``_encode_prompts`` encoded them with others'."""
+        import torch
+
         from model.adapters import NO_ADAPTER, AdapterSlotsFull
         from model.batching import DenoisingBatcher, DenoisingJob
 
@@ -230,7 +271,8 @@ class Engine:
             elif request.adapter is not None:  # the slot selects the adapter per sample: no peft activation
                 spec = request.adapter
                 slot = slots.load(spec.local_dir, spec.adapter_id, spec.scale)
-            samples = _prepare_samples(pipe, request, key=id(handle), adapter_slot=slot)
+            with torch.inference_mode():  # serving's mode, which warm-up compiled for (see _step_group)
+                samples = _prepare_samples(pipe, request, id(handle), slot, encoded)
         except AdapterSlotsFull as exc:
             if groups:  # running jobs hold every slot: try again after the next round of steps
                 self._deferred.append(handle)
@@ -257,17 +299,23 @@ class Engine:
         clock = _StepClock()
         group.handles[id(handle)] = (handle, clock)
         group.slots[id(handle)] = slot
-        group.engine.add(DenoisingJob(id(handle), samples, on_step=partial(self._on_step, handle, clock)))
+        group.engine.add(
+            DenoisingJob(
+                id(handle), samples, on_step=partial(self._on_step, handle, clock), owner=request.tenant
+            )
+        )
 
     def _on_step(self, handle: GenerationHandle, clock: _StepClock, step: int, total: int) -> bool:
+        """After each step: in-memory progress and the cancel flag only (no I/O on the device thread)."""
         clock.tick()
         if self._hooks.step_delay_s:
             time.sleep(self._hooks.step_delay_s)
-        if handle.on_progress is not None:
-            handle.on_progress(min(step, total), total, clock.eta(step, total))
+        handle._progress = (min(step, total), total, clock.eta(step, total))
         return handle.cancel_requested()
 
     def _step_group(self, group: _Group) -> None:
+        import torch
+
         from model.pipeline import to_output
 
         pipe = self._pipelines[group.model]
@@ -275,7 +323,9 @@ class Engine:
             if group.model not in self._slots:
                 self._activate_adapter(pipe, group)
             started = time.perf_counter()
-            results = group.engine.step()
+            # The mode warm-up compiled in (model/compiled.py warm_accelerated): dynamo guards on grad mode.
+            with torch.inference_mode():
+                results = group.engine.step()
             metrics.DENOISE_STEP_SECONDS.observe(time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(group.engine.last_batch_size)
         except BaseException as exc:  # e.g. out of memory: every job in this batch fails, the engine lives on
@@ -358,7 +408,9 @@ class Engine:
         return pipe.load_adapter(str(adapter.local_dir), adapter_id=adapter.adapter_id, scale=adapter.scale)
 
 
-def _prepare_samples(pipe: Any, request: GenerationRequest, key: int, adapter_slot: int) -> list[Any]:
+def _prepare_samples(
+    pipe: Any, request: GenerationRequest, key: int, adapter_slot: int, encoded: Any = None
+) -> list[Any]:
     """The one translation from the job contract's names to the pipeline's (diffusers') names."""
     return pipe.prepare_samples(
         prompt=request.prompt,
@@ -371,6 +423,7 @@ def _prepare_samples(pipe: Any, request: GenerationRequest, key: int, adapter_sl
         sampler=request.sampler,
         key=key,
         adapter_slot=adapter_slot,
+        encoded=encoded,
     )
 
 

@@ -26,7 +26,8 @@ from core.jobstore import InvalidTransition, JobStore
 from core.lifecycle import dead_letter, record_terminal
 from core.logs import bind
 from core.settings import Settings
-from core.storage import Storage
+from core.storage import Storage, StorageUnavailable
+from core.tasks import TASK_FOR_KIND
 from model.errors import GenerationCanceled, InvalidInputError
 from worker.engine import Engine
 from worker.leases import Heartbeat
@@ -78,6 +79,10 @@ def deliver(job_id: str, ctx: JobContext, handlers: Mapping[JobKind, JobHandler]
             "delivery dropped: the job does not exist (expired or never stored)", extra={"job_id": job_id}
         )
         return None
+    if not job.status.terminal and not ctx.storage.ping():
+        # Nothing is counted or leased yet: the task is sent again with backoff (celery_app), so an outage
+        # holds jobs queued instead of draining the queue into failures.
+        raise StorageUnavailable("object storage is unavailable: the job stays queued until it is back")
     with bind(job_id=job.id, tenant=job.tenant):
         final = _deliver(job, ctx, handlers[job.kind])
     if final is not None and final.status.terminal and ctx.on_terminal is not None:
@@ -104,7 +109,9 @@ def _deliver(job: Job, ctx: JobContext, handler: JobHandler) -> Job | None:
             log.info("delivery dropped: the job finished or was canceled meanwhile", extra=context)
             return None
         log.info("job started", extra={**context, "delivery": deliveries, "kind": job.kind.value})
-        with Heartbeat(store, job.id, ctx.worker_id, worker) as heartbeat:
+        queue = TASK_FOR_KIND[job.kind][1]
+        running_gauge = metrics.JOBS_RUNNING.labels(queue=queue)
+        with running_gauge.track_inprogress(), Heartbeat(store, job.id, ctx.worker_id, worker) as heartbeat:
             return _run(running, ctx, handler, heartbeat)
     finally:
         store.release_lease(job.id, ctx.worker_id)
@@ -149,6 +156,10 @@ def _run(job: Job, ctx: JobContext, handler: JobHandler, heartbeat: Heartbeat) -
         error = JobError(reason=exc.reason, message=exc.message)
     except (InvalidInputError, ValidationError) as exc:
         error = JobError(reason="invalid_input", message=_short(str(exc)))
+    except StorageUnavailable:
+        log.exception("job failed: object storage stayed unavailable", extra=context)
+        message = "object storage was unavailable for too long; submitting the job again may succeed"
+        error = JobError(reason="storage_unavailable", message=message)
     except Exception as exc:
         log.exception("job failed with an internal error", extra=context)
         message = (

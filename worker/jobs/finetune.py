@@ -12,7 +12,8 @@ import shutil
 import time
 from typing import Any
 
-from core.contract import AdapterRecord, FinetuneParams, Job, adapter_key, dataset_key
+from core.contract import AdapterRecord, FinetuneParams, Job, adapter_key, checkpoints_key, dataset_key
+from worker.checkpoints import CheckpointMirror
 from worker.jobs.common import JobContext, JobFailure, ProgressWriter, StopCheck, Throttled
 from worker.scratch import fetch_prefix, scratch_path
 
@@ -39,7 +40,7 @@ def run_finetune(
     prefix = params.s3_prefix or dataset_key(job.tenant, job.id)
     if not prefix.startswith(f"tenants/{job.tenant}/"):  # the gateway checks this too; never trust one side
         raise JobFailure("invalid_input", f"s3_prefix {prefix!r} is outside the tenant's part of the bucket")
-    # A stable work directory: a redelivery to this host resumes from the trainer's checkpoints.
+    # A stable work directory, its checkpoints mirrored to storage: a redelivery to any host resumes from them.
     workdir = scratch_path(settings, "finetunes", job.id)
     try:
         dataset_dir = fetch_prefix(storage, prefix, settings, "finetunes", job.id, "dataset")
@@ -50,6 +51,19 @@ def run_finetune(
         output_dir = workdir / "adapter"
         progress = ProgressWriter(store, job.id, settings.worker.progress_interval_s)
         cancel = Throttled(should_stop, settings.worker.cancel_poll_s)
+        mirror = CheckpointMirror(
+            storage,
+            checkpoints_key(job.tenant, job.id),
+            workdir / "work" / "checkpoints",
+            settings.storage.storage_retry_s,
+        )
+        mirror.restore()  # a redelivery, maybe to another host, resumes from the last mirrored checkpoint
+
+        def progress_and_mirror(
+            step: int, total: int, eta_s: float | None, loss: float | None = None
+        ) -> None:
+            progress(step, total, eta_s, loss)
+            mirror.sync()
 
         def train(pipeline: Any) -> dict[str, Any]:
             return trainer(
@@ -60,7 +74,7 @@ def run_finetune(
                 rank=params.rank,
                 learning_rate=params.learning_rate,
                 trigger_phrase=params.trigger_phrase,
-                progress_callback=progress,
+                progress_callback=progress_and_mirror,
                 cancel_check=cancel,
                 work_dir=workdir / "work",
             )
@@ -87,6 +101,9 @@ def run_finetune(
                 }
             )
         )
+        mirror.clear()
+        if settings.storage.delete_dataset_after_training and not params.s3_prefix:
+            storage.delete_prefix(prefix)  # the upload served its purpose (a caller's own s3_prefix stays)
         return {"adapter_id": adapter_id}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 from core import metrics
 from core.contract import GenerateRequest, Job
 from core.jobstore import JobStore
-from core.settings import Settings
+from core.settings import Settings, WorkerSettings
 from core.storage import Storage
 from model.errors import InvalidInputError
 from worker.engine import AdapterSpec, GenerationRequest
@@ -25,16 +25,26 @@ def run_generate(
     store, storage, engine, worker = ctx.store, ctx.storage, ctx.engine, ctx.settings.worker
     request = GenerateRequest.model_validate(job.request)
     adapter = resolve_adapter(job, request, store, storage, ctx.settings)
-    generation = GenerationRequest.from_api(request, adapter)
+    generation = GenerationRequest.from_api(request, adapter, tenant=job.tenant)
     if job.model:  # the gateway resolved the model name when it accepted the job
         generation = dataclasses.replace(generation, model=job.model)
-    result = engine.run(
-        generation,
+    # Progress writes and cancel polls run here, on the job's own thread, while the engine thread batches this
+    # job's steps with every other job the worker holds.
+    result = engine.submit(generation).wait(
         on_progress=ProgressWriter(store, job.id, worker.progress_interval_s),
         should_cancel=Throttled(should_stop, worker.cancel_poll_s),
+        poll_s=poll_interval(worker),
     )
     started = time.perf_counter()
-    outputs = upload_images(storage, job.tenant, job.id, result.images, result.seeds, request.output_format)
+    outputs = upload_images(
+        storage,
+        job.tenant,
+        job.id,
+        result.images,
+        result.seeds,
+        request.output_format,
+        ctx.settings.storage.storage_retry_s,
+    )
     stages = {"denoise": result.denoise_s, "decode": result.decode_s, "upload": time.perf_counter() - started}
     for stage, seconds in stages.items():
         metrics.JOB_DURATION.labels(kind=job.kind.value, stage=stage).observe(seconds)
@@ -42,6 +52,11 @@ def run_generate(
     metrics.IMAGES_GENERATED.labels(model=result.model).inc(len(outputs))
     engine.record_memory()
     return {"outputs": outputs, "seeds": result.seeds, "model": result.model}
+
+
+def poll_interval(worker: WorkerSettings) -> float:
+    """How often a waiting job looks at its progress and cancel flag: the finer of the two settings."""
+    return max(min(worker.progress_interval_s, worker.cancel_poll_s), 0.01)
 
 
 def resolve_adapter(
