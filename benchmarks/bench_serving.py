@@ -36,6 +36,7 @@ from model.compiled import (
     example_generator_inputs,
     warm_accelerated,
 )
+from model.reference_flow import GaussianFlow
 from model.repository import quiet_loading
 
 from .peers import build_dit_peer
@@ -275,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     ceiling = matmul_ceiling(device, dtype, 8192 if device.type == "cuda" else 512)
     report["matmul_ceiling_tflops"] = ceiling / 1e12
+    # Sampler-state precision: a 250-step ODE with a known exact velocity, generator in fp32 vs bf16, on this
+    # device through the real StepBatcher (the state stays fp32 either way; bf16 should add no error).
+    flow = GaussianFlow()
+    report["state_error"] = {
+        name: flow.ode_error(model_dtype, steps=250, device=device)
+        for name, model_dtype in (("fp32_generator", torch.float32), ("bf16_generator", torch.bfloat16))
+    }
     quiet_loading()
     # Everything below runs in the engine's serving mode: warm-up compiles for it (model/compiled.py).
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
@@ -324,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(report: dict) -> None:
     print(f"\n{report['device']}  torch {report['torch']}  preset {report['preset']}  {report['date']}")
     print(f"matmul ceiling: {report['matmul_ceiling_tflops']:.3f} TFLOP/s")
+    errors = report["state_error"]
+    print(
+        f"250-step ODE relative error, fp32 state: generator fp32 {errors['fp32_generator']:.4f}, "
+        f"bf16 {errors['bf16_generator']:.4f}"
+    )
     print(
         "\ngenerator forward      batch   eager ms  compiled ms  graphs ms   best % of ceiling   max rel err"
     )

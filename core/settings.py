@@ -159,7 +159,7 @@ class StorageSettings(_Group):
     output_retention_days: float = Field(
         30.0,
         ge=0,
-        description="days a job's images stay in storage before the reaper deletes them (0: forever)",
+        description="days a job's images stay in storage before the retention sweep deletes them (0: forever)",
     )
     dataset_retention_days: float = Field(
         30.0, ge=0, description="days an uploaded fine-tune dataset stays in storage (0: forever)"
@@ -173,7 +173,9 @@ class StorageSettings(_Group):
         description="delete an uploaded dataset once its fine-tune succeeded (always: with its adapter)",
     )
     retention_sweep_s: float = Field(
-        3600.0, gt=0, description="how often each reaper deletes outputs and datasets past their retention"
+        3600.0,
+        gt=0,
+        description="how often one worker (whichever claims the interval) deletes outputs and datasets past their retention",
     )
     storage_retry_s: float = Field(
         120.0,
@@ -184,7 +186,7 @@ class StorageSettings(_Group):
 
     @model_validator(mode="after")
     def _check_tenant_retention(self) -> StorageSettings:
-        self.tenant_retentions()  # a malformed entry fails at start, not in the reaper
+        self.tenant_retentions()  # a malformed entry fails at start, not in the sweep
         return self
 
     def tenant_retentions(self) -> dict[str, tuple[float, float]]:

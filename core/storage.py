@@ -55,14 +55,20 @@ class StorageUnavailable(RuntimeError):
     (the gateway answers 503 with Retry-After; a job that ran out of retries fails with `storage_unavailable`)."""
 
 
-def _transient(exc: Exception) -> bool:
-    """A connection failure, timeout or 5xx from storage (never a 4xx: retrying a refusal cannot help)."""
+def _transient(exc: BaseException) -> bool:
+    """A connection failure, timeout or 5xx from storage. Never a 4xx (retrying a refusal cannot help) and never
+    a configuration error such as missing credentials or a bad parameter: those are reported as they are."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
+    if isinstance(exc, S3UploadFailedError):  # boto3 wraps the real cause of a failed upload
+        return exc.__context__ is not None and _transient(exc.__context__)
     if isinstance(exc, ClientError):
         return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-    return isinstance(exc, BotoCoreError | S3UploadFailedError | ConnectionError | TimeoutError)
+    return isinstance(
+        exc, BotoConnectionError | HTTPClientError | ReadTimeoutError | ConnectionError | TimeoutError
+    )
 
 
 def retry_storage(action: Callable[[], T], retry_s: float, base_s: float = 0.5, cap_s: float = 8.0) -> T:
@@ -278,7 +284,8 @@ class S3Storage(Storage):
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            with self._outage_is_unavailable():
+                return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except Exception as exc:
             if self._not_found(exc):
                 raise FileNotFoundError(key) from exc
@@ -286,7 +293,8 @@ class S3Storage(Storage):
 
     def exists(self, key: str) -> bool:
         try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
+            with self._outage_is_unavailable():
+                self._client.head_object(Bucket=self.bucket, Key=key)
             return True
         except Exception as exc:
             if self._not_found(exc):

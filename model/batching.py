@@ -275,6 +275,10 @@ class DenoisingBatcher:
             raise ValueError("a job needs at least one sample")
         self._pending.append(job)
 
+    def is_pending(self, key: Hashable) -> bool:
+        """Whether the job waits for room in the batch (added, not yet admitted)."""
+        return any(job.key == key for job in self._pending)
+
     def cancel(self, key: Hashable) -> DenoisingResult | None:
         """Drop a job now, pending or running; returns its canceled result (None if unknown)."""
         for job in list(self._pending):

@@ -40,12 +40,13 @@ def runtime() -> WorkerRuntime:
 
 
 # A job store or object storage outage before a job starts must not lose the message (the job would stay
-# queued forever): such a task is sent again with backoff. Failures once the job runs are recorded on the job.
+# queued, holding its tenant's in-flight slot, until it expires): such a task is sent again with backoff for as
+# long as the outage lasts. Failures once the job runs are recorded on the job.
 _STORE_OUTAGE = {
     "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StorageUnavailable),
     "retry_backoff": True,
     "retry_backoff_max": 60,
-    "max_retries": 20,
+    "max_retries": None,
 }
 
 
@@ -80,9 +81,15 @@ def _boot(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _ready(**_: Any) -> None:
-    if _runtime is not None:
-        _runtime.mark_consuming()
+def _ready(sender: Any = None, **_: Any) -> None:
+    if _runtime is None:
+        return
+    # Pausing goes through Celery's remote control, so the consumer changes on its own event loop.
+    destination = [sender.hostname] if sender is not None else None
+    _runtime.mark_consuming(
+        pause=lambda queue: app.control.cancel_consumer(queue, destination=destination, reply=False),
+        resume=lambda queue: app.control.add_consumer(queue, destination=destination, reply=False),
+    )
 
 
 @signals.worker_shutdown.connect

@@ -21,10 +21,10 @@ from core.contract import Job, JobStatus
 from core.jobstore import InvalidTransition, JobStore
 from core.lifecycle import dead_letter
 from core.settings import Settings, WorkerSettings
-from worker.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
+RETENTION_CLAIM_NAME = "retention-sweep"
 REAPER_LOCK_NAME = "reaper:lock"
 
 
@@ -147,6 +147,15 @@ def reaper_lock(settings: Settings) -> RedisLock:
     )
 
 
+def retention_claim(settings: Settings) -> RedisLock:
+    """The retention sweep's claim: whoever sets it sweeps; it lapses after one sweep interval, never released."""
+    return RedisLock(
+        settings.redis.url,
+        f"{settings.redis.namespace}:{RETENTION_CLAIM_NAME}",
+        ttl_s=settings.storage.retention_sweep_s,
+    )
+
+
 class Reaper:
     """``reap_once`` every ``reaper_interval_s`` in a daemon thread (every worker runs one); it closes
     ``lock`` when stopped."""
@@ -158,10 +167,9 @@ class Reaper:
         lock: RedisLock,
         requeue: Callable[[Job], None],
         on_terminal: Callable[[Job], None] | None = None,
-        sweeper: RetentionSweeper | None = None,
     ) -> None:
         self._store, self._settings, self._lock = store, settings, lock
-        self._requeue, self._on_terminal, self._sweeper = requeue, on_terminal, sweeper
+        self._requeue, self._on_terminal = requeue, on_terminal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -181,8 +189,6 @@ class Reaper:
             started = time.monotonic()
             try:
                 reap_once(self._store, self._settings, self._requeue, self._on_terminal, self._lock)
-                if self._sweeper is not None:
-                    self._sweeper.maybe_sweep()
             except Exception:
                 log.exception("reaper pass failed; trying again next interval")
             self._stop.wait(max(self._settings.reaper_interval_s - (time.monotonic() - started), 0.05))

@@ -54,7 +54,7 @@ def run_reaper(settings: Settings, once: bool = False) -> int:
     from core.jobqueue import CeleryJobQueue
     from core.jobstore import make_job_store
     from core.storage import make_storage
-    from worker.leases import Reaper, reap_once, reaper_lock
+    from worker.leases import Reaper, reap_once, reaper_lock, retention_claim
     from worker.retention import RetentionSweeper
 
     store = make_job_store(settings)
@@ -73,10 +73,14 @@ def run_reaper(settings: Settings, once: bool = False) -> int:
                 },
             )
             return 0
-        sweeper = RetentionSweeper(make_storage(settings), settings.storage)
-        Reaper(
-            store, settings.worker, reaper_lock(settings), sender.enqueue, sender.notify_terminal, sweeper
-        ).run_forever()
+        sweeper = RetentionSweeper(make_storage(settings), settings.storage, store, retention_claim(settings))
+        sweeper.start()
+        try:
+            Reaper(
+                store, settings.worker, reaper_lock(settings), sender.enqueue, sender.notify_terminal
+            ).run_forever()
+        finally:
+            sweeper.stop()
         return 0
     finally:
         sender.stop()

@@ -459,9 +459,12 @@ def test_keda_scaled_objects_are_well_formed(render: RenderFn, scenario: str) ->
             assert meta["address"].rsplit(":", 1)[1].isdigit()
             assert int(meta["listLength"]) >= 1
             assert trigger["authenticationRef"]["name"] in auths
-        # Queued jobs are on the lists; running ones only in fae_jobs_running: both keep replicas up.
+        # Queued jobs are on the lists; running ones only in fae_jobs_running: both keep replicas up. Only this
+        # Deployment's pods count (its namespace, its pod-name prefix), not another release's or worker's.
+        pods = f"{target['name']}-.*"
         assert [t["metadata"]["query"] for t in running] == [
-            f'sum(fae_jobs_running{{queue="{queue}"}}) or vector(0)' for queue in queues
+            f'sum(fae_jobs_running{{queue="{queue}",namespace="{NAMESPACE}",pod=~"{pods}"}}) or vector(0)'
+            for queue in queues
         ]
         for trigger in running:
             assert all(isinstance(v, str) for v in trigger["metadata"].values())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.batching import Sample, StepBatcher
 from model.errors import InvalidInputError
+from model.reference_flow import GaussianFlow
 from model.scheduling import FlowMatchingScheduler, shift_timesteps
 
 MU = torch.tensor([2.0, -1.0], dtype=torch.float64)
@@ -110,46 +110,11 @@ def test_step_count_out_of_range_is_a_clear_error(steps: int) -> None:
 
 
 # --- a bf16 generator: the sampler state stays fp32 ---------------------------------------------------------
-CHANNELS, GRID = 4, 8
-CHANNEL_MEAN = torch.linspace(-1.0, 1.5, CHANNELS, dtype=torch.float64).view(1, CHANNELS, 1, 1)
-CHANNEL_STD = torch.linspace(0.3, 1.2, CHANNELS, dtype=torch.float64).view(1, CHANNELS, 1, 1)
-
-
-def gaussian_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The exact velocity for data N(μ_c, σ_c²) per channel:
-    v = −μ + (t − (1−t)σ²)/((1−t)²σ² + t²)·(x − (1−t)μ)."""
-    t, x = t.double().view(-1, 1, 1, 1), x.double()
-    var = CHANNEL_STD**2
-    return -CHANNEL_MEAN + (t - (1 - t) * var) / ((1 - t) ** 2 * var + t**2) * (x - (1 - t) * CHANNEL_MEAN)
-
-
-def batcher_ode_error(model_dtype: torch.dtype, steps: int = 250, n: int = 8) -> float:
-    """Relative error of the Euler ODE through the real StepBatcher and scheduler (shift 2.5) with a generator
-    in `model_dtype` that computes the exact velocity from its (rounded) input and returns it in its dtype."""
-    batcher = StepBatcher(FlowMatchingScheduler(shift=2.5), (CHANNELS, GRID, GRID), "cpu", model_dtype)
-    label = {"class_labels": torch.zeros(1, dtype=torch.long)}
-    batcher.add([Sample(seed, seed, steps, label, label) for seed in range(n)])
-
-    def generator(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        assert x.dtype == model_dtype  # the batcher casts the generator's input only
-        return gaussian_velocity(x, t).to(model_dtype)
-
-    latents: dict[int, torch.Tensor] = {}
-    for _ in range(steps):
-        latents |= {done.key: done.latent for done in batcher.step(generator)}
-    x = torch.cat([latents[seed] for seed in range(n)]).double()
-    # The ODE carries its starting noise ε (each sample's first draw from its seed) exactly onto μ + σ·ε.
-    noise = torch.cat(
-        [torch.randn((1, CHANNELS, GRID, GRID), generator=torch.Generator().manual_seed(s)) for s in range(n)]
-    )
-    exact = CHANNEL_MEAN + CHANNEL_STD * noise.double()
-    return float((x - exact).norm() / exact.norm())
-
-
 def test_a_bf16_generator_keeps_the_fp32_accuracy_of_a_250_step_ode() -> None:
     """With a bf16 state, t grid and dt, 54 of 250 intervals round to zero and the error grows ~16× (0.075
     against 0.0045 here); with an fp32 state only the generator's own bf16 rounding remains, and it averages
     out."""
-    fp32, bf16 = batcher_ode_error(torch.float32), batcher_ode_error(torch.bfloat16)
+    flow = GaussianFlow()
+    fp32, bf16 = flow.ode_error(torch.float32), flow.ode_error(torch.bfloat16)
     assert fp32 < 0.01  # first-order Euler at 250 steps
     assert bf16 < 1.5 * fp32, (bf16, fp32)

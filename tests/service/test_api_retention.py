@@ -15,6 +15,7 @@ from core.jobstore import RedisJobStore
 from core.jobstore.base import utcnow
 from core.settings import Settings
 from core.storage import S3Storage
+from worker.leases import retention_claim
 from worker.retention import RetentionSweeper, expired_keys
 
 pytestmark = pytest.mark.services
@@ -111,10 +112,19 @@ def test_deleting_an_adapter_deletes_its_dataset(make_gateway, headers, real_par
 
 
 def test_retention_sweeps_outputs_and_datasets_per_tenant(real_parts) -> None:
-    _, storage, settings = real_parts
+    store, storage, settings = real_parts
+    queued = Job(
+        id=uuid.uuid4().hex,
+        kind=JobKind.finetune,
+        status=JobStatus.queued,
+        tenant="acme",
+        created_at=utcnow(),
+    )
+    store.create(queued)  # a fine-tune still waiting in the queue: its dataset stays, whatever its age
     keys = {
         "acme-output": job_prefix("acme", "j1") + "0.png",
         "acme-dataset": dataset_key("acme", "f1") + "a.png",
+        "acme-live-dataset": dataset_key("acme", queued.id) + "a.png",
         "acme-adapter": adapter_key("acme", "ad1") + "adapter.safetensors",
         "keep-output": job_prefix("keeper", "j2") + "0.png",
         "keep-dataset": dataset_key("keeper", "f2") + "a.png",
@@ -125,19 +135,28 @@ def test_retention_sweeps_outputs_and_datasets_per_tenant(real_parts) -> None:
         output_retention_days=30, dataset_retention_days=7, tenant_retention="keeper=0/90"
     )
     in_10_days = datetime.now(UTC) + timedelta(days=10)
-    assert expired_keys(storage, retention.storage, in_10_days) == [keys["acme-dataset"]]
+    assert expired_keys(storage, retention.storage, in_10_days, store) == [keys["acme-dataset"]]
     in_100_days = in_10_days + timedelta(days=90)
     expected = sorted([keys["acme-output"], keys["acme-dataset"], keys["keep-dataset"]])
-    assert expired_keys(storage, retention.storage, in_100_days) == expected
-    # The reaper's sweeper, with a retention short enough to pass here; it sweeps at most once per interval.
+    assert expired_keys(storage, retention.storage, in_100_days, store) == expected
+    # The workers' sweeper, with a retention short enough to pass here: one sweep per interval, whoever claims it.
     short = settings.override(
-        output_retention_days=1 / 86400, dataset_retention_days=1 / 86400, tenant_retention="keeper=0/0"
+        output_retention_days=1 / 86400,
+        dataset_retention_days=1 / 86400,
+        tenant_retention="keeper=0/0",
+        retention_sweep_s=60,
     )
     time.sleep(1.2)
-    sweeper = RetentionSweeper(storage, short.storage)
-    assert sweeper.maybe_sweep() == 2 and sweeper.maybe_sweep() == 0
+    first = RetentionSweeper(storage, short.storage, store, retention_claim(short))
+    second = RetentionSweeper(storage, short.storage, store, retention_claim(short))
+    try:
+        assert first.sweep() == 2
+        assert first.sweep() == 0 and second.sweep() == 0  # the interval's claim is taken
+    finally:
+        first.stop()
+        second.stop()
     assert sorted(storage.list("tenants/")) == sorted(
-        [keys["acme-adapter"], keys["keep-output"], keys["keep-dataset"]]
+        [keys["acme-live-dataset"], keys["acme-adapter"], keys["keep-output"], keys["keep-dataset"]]
     )
 
 

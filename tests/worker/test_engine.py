@@ -317,3 +317,25 @@ def test_prompts_admitted_together_are_encoded_in_one_call() -> None:
     for batched, single in zip(together, alone, strict=True):
         for a, b in zip(batched.images, single.images, strict=True):
             assert np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 1
+
+
+def test_a_job_canceled_while_waiting_for_room_leaves_at_once(tiny_pipeline: Any) -> None:
+    """With the batch full, a waiting job's cancel takes effect before it ever runs a step."""
+    engine = Engine({"tiny": tiny_pipeline}, max_batch_size=1, hooks=EngineHooks(step_delay_s=0.01))
+    try:
+        running = engine.submit(GenerationRequest(class_label=0, steps=250, seed=1))
+        waiting = engine.submit(GenerationRequest(class_label=1, steps=250, seed=2))
+        for _ in range(3000):  # bounded: about 30 s
+            if running.progress is not None:
+                break
+            threading.Event().wait(0.01)
+        waiting.cancel()
+        with pytest.raises(GenerationCanceled, match="after step 0"):
+            waiting.result(timeout=30)
+        assert waiting.progress is None  # never took a step
+        assert running.progress is not None and running.progress[0] < 250  # the running job carries on
+        running.cancel()
+        with pytest.raises(GenerationCanceled):
+            running.result(timeout=30)
+    finally:
+        engine.close()

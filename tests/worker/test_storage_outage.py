@@ -104,3 +104,126 @@ def test_no_job_starts_while_storage_is_down(outage_settings, s3_proxy, engine, 
     assert store.get(job.id).status is JobStatus.queued and store.deliveries(job.id) == 0
     s3_proxy.restore()
     assert execute_job(job.id, context).status is JobStatus.succeeded
+
+
+class FlakyStorage:
+    """Healthy or not, as a test says; records nothing else."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+
+    def ping(self) -> bool:
+        return self.healthy
+
+
+def test_storage_watch_pauses_and_resumes_consuming() -> None:
+    from worker.runtime import StorageWatch
+
+    storage, calls = FlakyStorage(), []
+    broker_up = [False]
+
+    def pause(queue: str) -> None:
+        if not broker_up[0]:
+            raise ConnectionError("broker down too")
+        calls.append(("pause", queue))
+
+    watch = StorageWatch(storage, 60, ["generate"], pause, lambda q: calls.append(("resume", q)))  # type: ignore[arg-type]
+    watch.check()
+    assert calls == [] and not watch.paused
+    storage.healthy = False
+    watch.check()  # the broker is down as well: nothing changed, tried again next time
+    assert calls == [] and not watch.paused
+    broker_up[0] = True
+    watch.check()
+    watch.check()  # still down: paused once, not again
+    assert calls == [("pause", "generate")] and watch.paused
+    storage.healthy = True
+    watch.check()
+    assert calls == [("pause", "generate"), ("resume", "generate")] and not watch.paused
+
+
+@pytest.mark.slow
+def test_a_real_worker_stops_consuming_while_storage_is_down(
+    redis_server: Any, s3_server: Any, s3_bucket: str, s3_proxy: Any, tiny_model_dir: Path,
+    generate_job: Callable[..., Job], tmp_path: Path,
+) -> None:  # fmt: skip
+    """Through a real Celery worker: jobs sent during an outage stay on the queue (not in the worker's retry
+    timers, not failed), and run once storage is back."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import httpx
+
+    from core.jobqueue import CeleryJobQueue
+    from core.jobstore import make_job_store
+
+    repo = Path(__file__).resolve().parents[2]
+    http_port = _free_port()
+    fields = {
+        **s3_server.settings_fields(s3_bucket),
+        "s3_endpoint_url": f"http://127.0.0.1:{s3_proxy.port}",
+        "redis_url": redis_server.url(5),
+        "redis_namespace": f"outage-{uuid.uuid4().hex[:8]}",
+        "models": f"tiny={tiny_model_dir}",
+        "device": "cpu",
+        "data_dir": str(tmp_path),
+        "heartbeat_s": 0.3,
+        "worker_http_port": http_port,
+    }
+    settings = Settings().override(**fields)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAE_")}
+    env |= {f"FAE_{k.upper()}": str(v) for k, v in fields.items()} | {"PYTHONPATH": str(repo)}
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fae.cli", "worker", "--queues", "generate"],
+        cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    store, queue = make_job_store(settings), CeleryJobQueue(settings)
+
+    def wait(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}: " + (tmp_path / "worker.log").read_text()
+            )
+            time.sleep(0.1)
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait(ready, "the worker to be ready")
+        s3_proxy.cut()
+        wait(lambda: "paused consuming" in (tmp_path / "worker.log").read_text(), "the worker to pause")
+        jobs = []
+        for seed in range(3):
+            job, _ = store.create(generate_job(seed=seed))
+            store.mark_enqueued(job)
+            queue.enqueue(job)
+            jobs.append(job)
+        time.sleep(2)  # a consuming worker would have taken and retried them by now
+        assert queue.depth("generate") == 3
+        assert all(store.get(j.id).status is JobStatus.queued and store.get(j.id).attempts == 0 for j in jobs)
+        s3_proxy.restore()
+        wait(lambda: all(store.get(j.id).status.terminal for j in jobs), "the jobs to run after the outage")
+        assert all(store.get(j.id).status is JobStatus.succeeded for j in jobs)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        queue.stop()
+        store.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

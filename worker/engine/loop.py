@@ -189,6 +189,7 @@ class Engine:
                     arrivals.append(item)
             self._admit(arrivals, groups)
             for key, group in list(groups.items()):
+                self._drop_canceled(group)
                 self._step_group(group)
                 if group.engine.idle:
                     del groups[key]
@@ -312,6 +313,18 @@ class Engine:
             time.sleep(self._hooks.step_delay_s)
         handle._progress = (min(step, total), total, clock.eta(step, total))
         return handle.cancel_requested()
+
+    def _drop_canceled(self, group: _Group) -> None:
+        """Jobs canceled while they wait for room in the batch leave now, not once admitted (running ones
+        leave at their next step through ``_on_step``)."""
+        for key, (handle, clock) in list(group.handles.items()):
+            if handle.cancel_requested() and group.engine.is_pending(key):
+                group.engine.cancel(key)
+                group.handles.pop(key)
+                self._release_slot(group, key)
+                handle._future.set_exception(
+                    GenerationCanceled(f"generation canceled after step {clock.steps}")
+                )
 
     def _step_group(self, group: _Group) -> None:
         import torch
