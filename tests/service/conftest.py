@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ from PIL import Image
 
 from core.contract import Job, JobOutput, JobStatus, output_key
 from core.jobqueue import JobQueue
-from core.jobstore import InvalidTransition, JobStore, MemoryJobStore
+from core.jobstore import InvalidTransition, JobStore, MemoryJobStore, RedisJobStore
 from core.settings import Settings
-from core.storage import LocalStorage, Storage
+from core.storage import LocalStorage, S3Storage, Storage
 from service.app import create_app
 
 KEYS = {
@@ -182,3 +183,19 @@ def headers() -> Callable[[str], dict[str, str]]:
 @pytest.fixture
 def png() -> Callable[..., bytes]:
     return png_bytes
+
+
+@pytest.fixture
+def real_parts(redis_server, s3_server, s3_bucket) -> Iterator[tuple[RedisJobStore, S3Storage, Settings]]:
+    """The gateway's production parts on the real servers: a Redis job store in a fresh namespace, S3 storage."""
+    settings = Settings().override(
+        redis_namespace=f"test-{uuid.uuid4().hex[:12]}",
+        redis_url=redis_server.url(),
+        **s3_server.settings_fields(s3_bucket),
+    )
+    store = RedisJobStore(settings.redis, settings.limits)
+    try:
+        yield store, S3Storage(settings.storage), settings
+    finally:
+        store.flush_namespace()
+        store.close()

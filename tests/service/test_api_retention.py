@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,21 +18,6 @@ from worker.leases import retention_claim
 from worker.retention import RetentionSweeper, expired_keys
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def real_parts(redis_server, s3_server, s3_bucket) -> Iterator[tuple[RedisJobStore, S3Storage, Settings]]:
-    settings = Settings().override(
-        redis_namespace=f"test-{uuid.uuid4().hex[:12]}",
-        redis_url=redis_server.url(),
-        **s3_server.settings_fields(s3_bucket),
-    )
-    store = RedisJobStore(settings.redis, settings.limits)
-    try:
-        yield store, S3Storage(settings.storage), settings
-    finally:
-        store.flush_namespace()
-        store.close()
 
 
 def finished_finetune(store: RedisJobStore, storage: S3Storage, tenant: str) -> Job:

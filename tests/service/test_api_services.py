@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from core.jobstore import RedisJobStore
-from core.settings import Settings
-from core.storage import S3Storage
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def real_parts(redis_server, s3_server, s3_bucket) -> Iterator[tuple[RedisJobStore, S3Storage, Settings]]:
-    settings = Settings().override(
-        redis_namespace=f"test-{uuid.uuid4().hex[:12]}",
-        redis_url=redis_server.url(),
-        **s3_server.settings_fields(s3_bucket),
-    )
-    store = RedisJobStore(settings.redis, settings.limits)
-    try:
-        yield store, S3Storage(settings.storage), settings
-    finally:
-        store.flush_namespace()
-        store.close()
 
 
 def test_generate_on_redis_and_s3(make_gateway, headers, png, real_parts) -> None:

@@ -27,6 +27,18 @@ def tiny_pipeline() -> Any:
     return FAEPipeline.from_preset("tiny", seed=0)
 
 
+@pytest.fixture
+def engine(tiny_pipeline: Any) -> Iterator[Any]:
+    """An engine serving the tiny model as "tiny" (no acceleration, no hooks), closed after the test."""
+    from worker.engine import Engine
+
+    engine = Engine({"tiny": tiny_pipeline})
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline: Any) -> Path:
     directory = tmp_path_factory.mktemp("models") / "tiny"

@@ -15,15 +15,6 @@ from worker.engine import AdapterSpec, Engine, EngineHooks, GenerationRequest, U
 
 
 @pytest.fixture
-def engine(tiny_pipeline: Any) -> Iterator[Engine]:
-    engine = Engine({"tiny": tiny_pipeline})
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-@pytest.fixture
 def slow_engine(tiny_pipeline: Any) -> Iterator[Engine]:
     """Steps take at least 10 ms, so a caller polling every few ms sees every one of them."""
     engine = Engine({"tiny": tiny_pipeline}, hooks=EngineHooks(step_delay_s=0.01))

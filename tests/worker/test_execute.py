@@ -53,15 +53,6 @@ def storage(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "storage")
 
 
-@pytest.fixture
-def engine(tiny_pipeline: Any) -> Iterator[Engine]:
-    engine = Engine({"tiny": tiny_pipeline})
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
 def execute(
     job_id: str,
     store: JobStore,

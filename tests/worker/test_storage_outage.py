@@ -5,7 +5,7 @@ reason (not `internal`), and the gateway answers a fine-tune upload with 503 and
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +37,6 @@ def outage_settings(s3_server, s3_bucket, s3_proxy, tmp_path: Path) -> Callable[
         return Settings().override(**{**fields, **overrides})
 
     return make
-
-
-@pytest.fixture
-def engine(tiny_pipeline: Any) -> Iterator[Engine]:
-    engine = Engine({"tiny": tiny_pipeline})
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 def run_job_cut_while_denoising(settings: Settings, engine: Engine, job: Job, proxy: Any) -> Job | None:
