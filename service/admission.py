@@ -92,7 +92,10 @@ async def admit(
     admission = await store.admit(job.tenant, job.kind, limits, job, idempotency_key, body_hash)
     _observe(admission, job.kind)
     if admission.outcome is AdmissionOutcome.created:
-        await run_in_threadpool(publish, store, queue, job)
+        try:
+            await queue.enqueue_async(job)
+        except Exception as exc:
+            raise await run_in_threadpool(publish_failed, store, job) from exc
     elif admission.outcome is not AdmissionOutcome.replayed:
         raise _refusal(admission, job.kind, limits)
     return admission
@@ -131,16 +134,21 @@ def publish(jobs: JobRecords, queue: JobQueue, job: Job) -> None:
     try:
         queue.enqueue(job)
     except Exception as exc:
-        logger.exception("enqueue failed", extra={"job_id": job.id, "tenant": job.tenant})
-        error = JobError(reason="enqueue_failed", message="the job could not be queued; submit it again")
-        with contextlib.suppress(InvalidTransition):
-            jobs.transition(job.id, JobStatus.failed, error=error)
-        record_terminal(job.model_copy(update={"status": JobStatus.failed, "error": error}))
-        raise ProblemError(
-            503,
-            "Service Unavailable",
-            f"the queue is unreachable; job {job.id} was marked failed. Retry shortly",
-            slug="queue-unavailable",
-            headers={"Retry-After": "5"},
-            job_id=job.id,
-        ) from exc
+        raise publish_failed(jobs, job) from exc
+
+
+def publish_failed(jobs: JobRecords, job: Job) -> ProblemError:
+    """Called while handling a failed publish: marks the job failed (logged, recorded) and returns the 503."""
+    logger.exception("enqueue failed", extra={"job_id": job.id, "tenant": job.tenant})
+    error = JobError(reason="enqueue_failed", message="the job could not be queued; submit it again")
+    with contextlib.suppress(InvalidTransition):
+        jobs.transition(job.id, JobStatus.failed, error=error)
+    record_terminal(job.model_copy(update={"status": JobStatus.failed, "error": error}))
+    return ProblemError(
+        503,
+        "Service Unavailable",
+        f"the queue is unreachable; job {job.id} was marked failed. Retry shortly",
+        slug="queue-unavailable",
+        headers={"Retry-After": "5"},
+        job_id=job.id,
+    )

@@ -28,7 +28,7 @@ from service.auth import ApiKeyRegistry
 from service.catalog import ModelCatalog
 from service.datasets import UploadSlots
 from service.deps import Services
-from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, UnexpectedErrorMiddleware
+from service.middleware import GatewayMiddleware
 from service.problems import install_problem_handlers
 from service.routes import admin, files, finetunes, generate, health, jobs, models, webhook_secret
 
@@ -58,7 +58,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.process)
-    # Every request is logged once, by RequestContextMiddleware (`fae.access`, with its route and tenant);
+    # Every request is logged once, by GatewayMiddleware (`fae.access`, with its route and tenant);
     # uvicorn's own access log stays off even where uvicorn configured logging before this app was built.
     logging.getLogger("uvicorn.access").disabled = True
     for secret in (settings.webhooks.signing_key, settings.storage.s3_secret_access_key):
@@ -83,6 +83,7 @@ def create_app(
         try:
             yield
         finally:
+            await queue.aclose()
             queue.stop()
             if owns_store:
                 await store.aclose()
@@ -99,8 +100,5 @@ def create_app(
     install_problem_handlers(app)
     for module in (generate, jobs, finetunes, models, webhook_secret, admin, files, health):
         app.include_router(module.router)
-    # Outermost last: the request context sees every response, including a 413 from the size limit and a 500.
-    app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, limit_for=_body_limits(settings.gateway))
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(GatewayMiddleware, limit_for=_body_limits(settings.gateway))
     return app

@@ -7,7 +7,6 @@ comma- or newline-separated, `#` comments). Scopes: generate, finetune, admin (d
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +72,13 @@ def parse_entries(text: str, source: str) -> list[tuple[str, str, frozenset[str]
 
 class ApiKeyRegistry:
     def __init__(self, entries: list[tuple[str, str, frozenset[str]]]) -> None:
-        self._entries: list[tuple[bytes, Principal]] = []
+        # By SHA-256 digest (a later entry for the same key wins): a lookup's timing depends only on the
+        # digest of the key presented, which tells an attacker nothing about the keys held.
+        self._entries: dict[bytes, Principal] = {}
         for tenant, key, scopes in entries:
             digest = _digest(key)
             register_secret(key)
-            self._entries.append((digest, Principal(tenant, scopes, digest.hex()[:8])))
+            self._entries[digest] = Principal(tenant, scopes, digest.hex()[:8])
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> ApiKeyRegistry:
@@ -91,10 +92,5 @@ class ApiKeyRegistry:
         return len(self._entries)
 
     def authenticate(self, key: str) -> Principal | None:
-        """The key's principal, or None. Compares against every entry in constant time."""
-        presented = _digest(key)
-        found: Principal | None = None
-        for digest, principal in self._entries:
-            if hmac.compare_digest(digest, presented):
-                found = principal
-        return found
+        """The key's principal, or None."""
+        return self._entries.get(_digest(key))

@@ -4,12 +4,11 @@ Handlers take `services: ServicesDep` for every part of the app and one caller t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from core.jobqueue import JobQueue
 from core.jobstore import JobStore
@@ -38,29 +37,42 @@ async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fae-serve"'}
 
 
-async def authenticate(
-    services: Annotated[Services, Depends(get_services)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The caller's principal; 401 without a valid key. Async, so the tenant it binds stays in the request's
-    logging context."""
-    if credentials is None or not credentials.credentials:
-        raise ProblemError(
-            401,
-            "Unauthorized",
-            "send an API key as `Authorization: Bearer <key>`",
-            "unauthorized",
-            _CHALLENGE,
+class ApiKeyAuth(HTTPBearer):
+    """The caller's principal from its API key: 401 without a valid key, 403 without `scope` (when given).
+
+    One dependency per route (not a chain of services, bearer and scope dependencies): FastAPI resolves every
+    dependency on every request. It stays an `HTTPBearer`, so OpenAPI documents the scheme as before. Async,
+    so the tenant it binds stays in the request's logging context."""
+
+    def __init__(self, scope: str | None = None) -> None:
+        super().__init__(
+            scheme_name="HTTPBearer",
+            auto_error=False,
+            description="An API key: `Authorization: Bearer <key>`.",
         )
-    principal = services.keys.authenticate(credentials.credentials)
-    if principal is None:
-        raise ProblemError(401, "Unauthorized", "the API key is not valid", "unauthorized", _CHALLENGE)
-    set_context(tenant=principal.tenant)
-    return principal
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        if credentials is None or not credentials.credentials:
+            raise ProblemError(
+                401,
+                "Unauthorized",
+                "send an API key as `Authorization: Bearer <key>`",
+                "unauthorized",
+                _CHALLENGE,
+            )
+        services: Services = request.app.state.services
+        principal = services.keys.authenticate(credentials.credentials)
+        if principal is None:
+            raise ProblemError(401, "Unauthorized", "the API key is not valid", "unauthorized", _CHALLENGE)
+        set_context(tenant=principal.tenant)
+        if self.scope is not None and not principal.has(self.scope):
+            raise missing_scope(self.scope)
+        return principal
 
 
 def missing_scope(scope: str) -> ProblemError:
@@ -69,20 +81,8 @@ def missing_scope(scope: str) -> ProblemError:
     )
 
 
-def require(scope: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that admits keys holding `scope` (403 otherwise)."""
-
-    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if not principal.has(scope):
-            raise missing_scope(scope)
-        return principal
-
-    dependency.__name__ = f"require_{scope}"
-    return dependency
-
-
-Caller = Annotated[Principal, Depends(authenticate)]
-GenerateCaller = Annotated[Principal, Depends(require("generate"))]
-FinetuneCaller = Annotated[Principal, Depends(require("finetune"))]
-AdminCaller = Annotated[Principal, Depends(require("admin"))]
+Caller = Annotated[Principal, Depends(ApiKeyAuth())]
+GenerateCaller = Annotated[Principal, Depends(ApiKeyAuth("generate"))]
+FinetuneCaller = Annotated[Principal, Depends(ApiKeyAuth("finetune"))]
+AdminCaller = Annotated[Principal, Depends(ApiKeyAuth("admin"))]
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -2,7 +2,7 @@
 
 Routes raise `ProblemError` (or a job-store error, mapped here); FastAPI's validation errors, routing
 errors (404/405) are turned into problems by the handlers that `install_problem_handlers` registers; anything
-unexpected (500, logged, internals hidden) by `service.middleware.UnexpectedErrorMiddleware`.
+unexpected (500, logged, internals hidden) by `service.middleware.GatewayMiddleware`.
 """
 
 from __future__ import annotations

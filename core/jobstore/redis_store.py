@@ -16,6 +16,7 @@ the running event loop; everything else is synchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import weakref
@@ -46,7 +47,7 @@ from core.jobstore.base import (
     sort_adapters,
     sort_dead_letters,
 )
-from core.jobstore.redis_scripts import ACQUIRE_LEASE, ADMIT, RELEASE_LEASE, RENEW_LEASE
+from core.jobstore.redis_scripts import ACQUIRE_LEASE, ADMIT, FETCH, RELEASE_LEASE, RENEW_LEASE
 from core.settings import LimitsSettings, RedisSettings
 
 
@@ -66,8 +67,10 @@ class _RedisBackend:
         self._acquire = self._redis.register_script(ACQUIRE_LEASE)
         self._renew = self._redis.register_script(RENEW_LEASE)
         self._release = self._redis.register_script(RELEASE_LEASE)
-        # The gateway's asyncio clients, one per event loop, with the admission script registered on each.
-        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any]]
+        # The gateway's asyncio clients, one per event loop, with the admission and fetch scripts registered.
+        self._loop_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any, Any]
+        ]
         self._loop_clients = weakref.WeakKeyDictionary()
 
     def _k(self, *parts: str) -> str:
@@ -332,15 +335,27 @@ class RedisJobEventBus(_RedisBackend, JobEventBus):
 
 
 class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, RedisJobEventBus, JobStore):
-    def _async(self) -> tuple[aioredis.Redis, Any]:
+    async def _async(self) -> tuple[aioredis.Redis, Any, Any]:
         """The asyncio client of the running loop (a gateway process has one loop; tests may run several)."""
         loop = asyncio.get_running_loop()
-        if loop not in self._loop_clients:
+        entry = self._loop_clients.get(loop)
+        if entry is None:
             client = aioredis.Redis.from_url(
                 self.redis_settings.url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
             )
-            self._loop_clients[loop] = (client, client.register_script(ADMIT))
-        return self._loop_clients[loop]
+            entry = self._loop_clients[loop] = (
+                client,
+                client.register_script(ADMIT),
+                client.register_script(FETCH),
+            )
+            # Both scripts in one round trip now, rather than a NOSCRIPT and a SCRIPT LOAD on each one's first
+            # call. Not loaded (Redis unreachable, or flushed later): the scripts load themselves when called.
+            pipe = client.pipeline(transaction=False)
+            pipe.script_load(ADMIT)
+            pipe.script_load(FETCH)
+            with contextlib.suppress(redis.RedisError):
+                await pipe.execute()
+        return entry
 
     async def admit(
         self,
@@ -351,7 +366,7 @@ class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, Redis
         idempotency_key: str | None = None,
         body_hash: str | None = None,
     ) -> Admission:
-        _, script = self._async()
+        _, script, _ = await self._async()
         idem_key = (
             self._k("idem", tenant, key_digest(idempotency_key)) if idempotency_key else self._k("idem")
         )
@@ -401,14 +416,13 @@ class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, Redis
         return Admission(result, budget, queue_depth=int(detail))
 
     async def fetch(self, job_id: str) -> Job | None:
-        client, _ = self._async()
-        pipe = client.pipeline(transaction=False)
-        pipe.get(self._job_key(job_id))
-        for kind in JobKind:  # a job's kind is inside its record: ask every queue in the same round trip
-            pipe.zrank(self._k("queue", kind.value), job_id)
-        raw, *ranks = await pipe.execute()
-        if raw is None:
+        _, _, script = await self._async()
+        # A job's kind is inside its record: the script ranks it in every queue.
+        queues = [self._k("queue", kind.value) for kind in JobKind]
+        found = await script(keys=[self._job_key(job_id), *queues], args=[job_id])
+        if found is None:
             return None
+        raw, *ranks = found
         job = Job.model_validate_json(raw)
         if job.status is JobStatus.queued:
             rank = dict(zip(JobKind, ranks, strict=True))[job.kind]
