@@ -26,22 +26,23 @@ FINETUNE_MAX_RANK = 128
 MAX_METADATA_DEPTH = 16
 MAX_METADATA_BYTES = 16 * 1024
 _MAX_REQUEST_ECHO_BYTES = MAX_METADATA_BYTES + 16 * 1024
+# One encoder for every check: `json.dumps` with options builds a new one per call.
+_FREE_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def check_free_json(value: Any, max_depth: int, max_bytes: int) -> Any:
     """`value` unchanged if it nests at most `max_depth` containers, encodes to at most `max_bytes` of JSON and
     holds only finite numbers (JSON has no NaN or Infinity; stored, they would silently come back as null)."""
-    stack = [(value, 1)]
+    # Only containers go on the stack: every job read checks its request echo, mostly scalars.
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
         if depth > max_depth:
             raise ValueError(f"nests deeper than {max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     try:
-        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+        size = len(_FREE_JSON.encode(value).encode())
     except ValueError as exc:
         raise ValueError("numbers must be finite (no NaN or Infinity)") from exc
     if size > max_bytes:

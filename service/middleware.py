@@ -19,11 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
-from core.logs import job_id_var, request_id_var, tenant_var
+from core.logs import ACCESS_LOGGER, job_id_var, request_id_var, tenant_var
 from service.problems import problem_response
 
 logger = logging.getLogger(__name__)
-access_log = logging.getLogger("fae.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NO_BODY = frozenset(("GET", "HEAD", "OPTIONS", "DELETE"))
 
@@ -67,7 +67,7 @@ class GatewayMiddleware:
         job_id_var.set(None)
         tenant_var.set(None)
         id_header = (b"x-request-id", request_id.encode())
-        status_code = 500
+        status_code: int | None = None  # until the response starts
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -78,8 +78,15 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            await self._guarded(scope, receive, send_with_id, declared)
+            await self._limited(scope, receive, send_with_id, declared)
+        except Exception:
+            if status_code is not None:  # a stream already answered: nothing else can be sent
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            detail = "an unexpected error occurred; it was logged (quote the request_id when reporting it)"
+            await problem_response(500, None, detail, slug="internal")(scope, receive, send_with_id)
         finally:
+            status_code = status_code or 500  # nothing was answered (the request was canceled)
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -94,8 +101,8 @@ class GatewayMiddleware:
                 extra={"route": template, "status_code": status_code, "duration_s": round(elapsed, 4)},
             )
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, declared: bytes | None) -> None:
-        """The size limits, then the app, with the last-resort 500."""
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, declared: bytes | None) -> None:
+        """The size limits, then the app."""
         method = scope.get("method", "GET")
         if method not in _NO_BODY:
             limit = self.limit_for(method, scope.get("path", ""))
@@ -115,21 +122,7 @@ class GatewayMiddleware:
                     await response(scope, receive, send)
                     return
             receive = _counting(receive, limit)
-        responded = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal responded
-            responded = responded or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            if responded:
-                raise
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            detail = "an unexpected error occurred; it was logged (quote the request_id when reporting it)"
-            await problem_response(500, None, detail, slug="internal")(scope, receive, send)
+        await self.app(scope, receive, send)
 
     def _observe(self, template: str, method: str, status_code: int, elapsed: float) -> None:
         counter = self._counters.get((template, method, status_code))

@@ -50,6 +50,8 @@ from core.jobstore.base import (
 from core.jobstore.redis_scripts import ACQUIRE_LEASE, ADMIT, FETCH, RELEASE_LEASE, RENEW_LEASE
 from core.settings import LimitsSettings, RedisSettings
 
+_KINDS = tuple(JobKind)
+
 
 class _RedisBackend:
     """One Redis connection, the namespace's key layout and record lifetimes (`limits`)."""
@@ -72,6 +74,7 @@ class _RedisBackend:
             asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any, Any]
         ]
         self._loop_clients = weakref.WeakKeyDictionary()
+        self._queue_keys = [self._k("queue", kind.value) for kind in _KINDS]  # FETCH ranks a job in each
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -417,15 +420,14 @@ class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, Redis
 
     async def fetch(self, job_id: str) -> Job | None:
         _, _, script = await self._async()
-        # A job's kind is inside its record: the script ranks it in every queue.
-        queues = [self._k("queue", kind.value) for kind in JobKind]
-        found = await script(keys=[self._job_key(job_id), *queues], args=[job_id])
+        # A job's kind is inside its record: the script ranks it in every queue (in `_KINDS` order).
+        found = await script(keys=[self._job_key(job_id), *self._queue_keys], args=[job_id])
         if found is None:
             return None
         raw, *ranks = found
         job = Job.model_validate_json(raw)
         if job.status is JobStatus.queued:
-            rank = dict(zip(JobKind, ranks, strict=True))[job.kind]
+            rank = ranks[_KINDS.index(job.kind)]
             job = job.model_copy(update={"queue_position": int(rank) if rank is not None else None})
         return job
 

@@ -6,7 +6,15 @@ import io
 import json
 import logging
 
-from core.logs import ContextFilter, JsonFormatter, TextFormatter, bind, redact, register_secret
+from core.logs import (
+    ACCESS_LOGGER,
+    ContextFilter,
+    JsonFormatter,
+    TextFormatter,
+    bind,
+    redact,
+    register_secret,
+)
 
 
 def capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
@@ -58,3 +66,28 @@ def test_text_format_masks_too() -> None:
     line = stream.getvalue()
     assert "job=j2" in line and "zzz-top-secret" not in line
     assert redact("nothing to hide") == "nothing to hide"
+
+
+def test_access_lines_mask_what_a_request_supplies() -> None:
+    """The access line searches only what a request can supply (path, request id): a secret there is masked."""
+    register_secret("access-secret-key")
+    logger, stream = capture(JsonFormatter())
+    record = logger.makeRecord(
+        ACCESS_LOGGER,
+        logging.INFO,
+        __file__,
+        1,
+        "%s %s %d",
+        ("GET", "/v1/jobs/access-secret-key?token=Bearer abc", 200),
+        None,
+        extra={"route": "/v1/jobs/{job_id}", "status_code": 200, "duration_s": 0.0012},
+    )
+    with bind(request_id="req-access-secret-key", tenant="acme"):
+        logger.handle(record)
+    text = stream.getvalue()
+    assert "access-secret-key" not in text and "abc" not in text
+    entry = json.loads(text)
+    assert entry["message"] == "GET /v1/jobs/***?token=Bearer *** 200" and entry["request_id"] == "req-***"
+    assert entry["logger"] == ACCESS_LOGGER and entry["tenant"] == "acme" and entry["job_id"] is None
+    assert (entry["route"], entry["status_code"], entry["duration_s"]) == ("/v1/jobs/{job_id}", 200, 0.0012)
+    assert entry["level"] == "INFO" and entry["ts"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
 from core.contract import JobStatus
+from core.logs import ACCESS_LOGGER, JsonFormatter
 
 
 def sse_events(text: str) -> list[tuple[str, dict]]:
@@ -85,6 +87,25 @@ def test_queued_jobs_show_their_position(make_gateway, headers) -> None:
         "loss": None,
     }
     assert gw.client.get(f"/v1/jobs/{ids[2]}", headers=headers("acme")).json()["queue_position"] == 1
+
+
+def test_every_request_gets_one_access_line(make_gateway, headers, caplog) -> None:
+    """The job poll (its own services path) and an unmatched path each log one line with every field."""
+    gw = make_gateway()
+    job_id = gw.client.post("/v1/generate", json={"class_label": 1}, headers=headers("acme")).json()["id"]
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    caplog.clear()
+    polled = gw.client.get(f"/v1/jobs/{job_id}", headers={**headers("acme"), "X-Request-ID": "poll-1"})
+    assert polled.status_code == 200 and polled.json()["id"] == job_id
+    assert gw.client.get("/nowhere", headers=headers("acme")).status_code == 404
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert [(e["message"], e["route"], e["status_code"]) for e in lines] == [
+        (f"GET /v1/jobs/{job_id} 200", "/v1/jobs/{job_id}", 200),
+        ("GET /nowhere 404", "unmatched", 404),
+    ]
+    assert lines[0]["request_id"] == "poll-1" and lines[0]["tenant"] == "acme"
+    fields = ["ts", "level", "logger", "message", "request_id", "job_id", "tenant", "route", "status_code"]
+    assert all(list(e) == [*fields, "duration_s"] and e["duration_s"] >= 0 for e in lines)
 
 
 def test_cancel_queued_and_running_jobs(make_gateway, headers) -> None:
