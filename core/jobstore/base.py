@@ -384,10 +384,8 @@ class AdapterRegistry(abc.ABC):
 
 
 class JobEventBus(abc.ABC):
-    """Change notifications of single jobs (event streams and `Prefer: wait` follow them)."""
-
-    @abc.abstractmethod
-    def publish_event(self, job: Job) -> None: ...
+    """Change notifications of single jobs (event streams and `Prefer: wait` follow them); every state change
+    the store writes publishes one, so there is nothing to publish from outside."""
 
     @abc.abstractmethod
     def subscribe(self, job_id: str) -> JobEvents: ...

@@ -304,9 +304,6 @@ class MemoryAdapterRegistry(_MemoryState, AdapterRegistry):
 
 
 class MemoryJobEventBus(_MemoryState, JobEventBus):
-    def publish_event(self, job: Job) -> None:
-        self._notify(job.id)
-
     def subscribe(self, job_id: str) -> JobEvents:
         return _MemoryJobEvents(self, job_id)
 

@@ -330,9 +330,6 @@ class RedisAdapterRegistry(_RedisBackend, AdapterRegistry):
 
 
 class RedisJobEventBus(_RedisBackend, JobEventBus):
-    def publish_event(self, job: Job) -> None:
-        self._redis.publish(self._k("events", job.id), job.status.value)
-
     def subscribe(self, job_id: str) -> JobEvents:
         return _RedisJobEvents(self.redis_settings.url, self._k("events", job_id))
 
