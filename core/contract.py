@@ -7,6 +7,7 @@ where a job's shape and its legal state transitions are defined.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -17,9 +18,18 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, mode
 # ours, so it keeps copies); tests/architecture/test_limits.py keeps each pair equal.
 MAX_IMAGES_PER_REQUEST = 8
 MAX_STEPS = 250
-MAX_SEED = 2**63 - 1
+MAX_GUIDANCE_INTERVALS = 8
+# Seeds stay below 2^53, the largest integer a JSON number keeps exactly in JavaScript (a browser or Node
+# client that stores a seed must get the same image back).
+MAX_SEED = 2**53 - 1
 FINETUNE_MAX_STEPS = 20_000
 FINETUNE_MAX_RANK = 128
+# How many usable images a fine-tune needs and takes: the gateway refuses other datasets at once (422), and the
+# trainer (model/training/lora.py, which keeps copies) checks the same numbers again.
+FINETUNE_MIN_IMAGES = 10
+FINETUNE_MAX_IMAGES = 1000
+# The longest start deadline a request may set (a week: longer than a job record lives).
+MAX_START_DEADLINE_S = 7 * 24 * 3600
 # Free-form JSON (a request's `metadata`): nesting and encoded size, checked at the edge and again whenever
 # a job is built or read, so a stored record is always one the reader accepts (pydantic's JSON reader stops
 # at 200 levels). A job's `request` echo holds the metadata one level down, beside at most a few KiB more.
@@ -101,53 +111,159 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """A request body: unknown fields are refused and nothing is coerced (`"n": true` or `"steps": "3"` is a
+    422, not 1 or 3). Form fields, which are text by nature, are validated with `strict=False`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
 
+StartDeadline = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=MAX_START_DEADLINE_S,
+        description="Seconds the job may wait in the queue: a job no worker started by then never starts; it is "
+        "canceled, with error reason `start_deadline_exceeded`, when a worker reaches it.",
+    ),
+]
 Sampler = Literal["euler", "euler_maruyama"]
 OutputFormat = Literal["png", "webp", "jpeg"]
-GuidanceSchedule = Literal["constant", "fae-three-part"]
+GuidanceSchedule = Literal["constant", "fae-three-part", "fae-t2i"]
+ResponseFormat = Literal["url", "b64_json"]
+# Webhook event types (core/webhooks.py sends them); a job gets the terminal ones unless it names others.
+WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
+TERMINAL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("job.succeeded", "job.failed", "job.canceled")
+WebhookEvents = Annotated[
+    Annotated[list[WebhookEvent], Field(min_length=1, max_length=5)] | None,
+    Field(
+        description="Which webhook events to send (default: the terminal ones, "
+        "`job.succeeded`, `job.failed`, `job.canceled`); `job.progress` is throttled.",
+    ),
+]
+
+
+class GuidanceInterval(StrictModel):
+    """Guidance `scale` for t in [t_min, t_max] (t = 1 is noise, 0 is the image)."""
+
+    t_min: float = Field(ge=0.0, le=1.0)
+    t_max: float = Field(ge=0.0, le=1.0)
+    scale: float = Field(ge=0.0, le=30.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GuidanceInterval:
+        if not self.t_min < self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be below t_max ({self.t_max})")
+        return self
+
+
+def _check_guidance_intervals(intervals: list[GuidanceInterval]) -> list[GuidanceInterval]:
+    ordered = sorted(intervals, key=lambda interval: interval.t_min)
+    for low, high in itertools.pairwise(ordered):
+        if high.t_min < low.t_max:
+            raise ValueError(
+                f"intervals [{low.t_min}, {low.t_max}] and [{high.t_min}, {high.t_max}] overlap (they may touch)"
+            )
+    return intervals
 
 
 class GenerateRequest(StrictModel):
     """Body of `POST /v1/generate`."""
 
     model: str | None = Field(
-        default=None, max_length=128, description="Model name; default model if omitted."
+        default=None,
+        max_length=128,
+        description="Model name (its current version), or `name@version` / `name@<fingerprint>` to run on "
+        "that version only; default model if omitted.",
     )
     prompt: str | None = Field(default=None, min_length=1, max_length=2000)
+    negative_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Text models only: what to steer away from (replaces the empty prompt in guidance; "
+        "has an effect only where `guidance_scale` differs from 1).",
+    )
     class_label: int | None = Field(default=None, ge=0, le=1_000_000)
     n: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
     steps: int = Field(default=50, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(default=1.0, ge=0.0, le=30.0)
-    guidance_schedule: GuidanceSchedule = "constant"
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    guidance_schedule: GuidanceSchedule = Field(
+        default="constant",
+        description="`fae-three-part`: the paper's ImageNet schedule (0.9 for t in [0.9, 1], `guidance_scale` for "
+        "t in [0, 0.7], none between; t = 1 is noise); `fae-t2i`: its text-to-image one (`guidance_scale`, 1.5 "
+        "in the paper, for t <= 0.9, none above).",
+    )
+    guidance_intervals: (
+        Annotated[
+            list[GuidanceInterval],
+            Field(min_length=1, max_length=MAX_GUIDANCE_INTERVALS),
+            AfterValidator(_check_guidance_intervals),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Instead of a named schedule: a scale per t interval (they must not overlap), "
+        '`guidance_scale` elsewhere; e.g. `[{"t_min": 0, "t_max": 0.9, "scale": 1.5}]`.',
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the first image (image i uses seed + i); drawn when omitted. Seeds lie in "
+        "[0, 2^53 - 1], so JavaScript clients keep them exactly.",
+    )
     sampler: Sampler = "euler"
     output_format: OutputFormat = "png"
+    response_format: ResponseFormat = Field(
+        default="url",
+        description="`b64_json`: each output carries its image bytes as base64, and `url` is null.",
+    )
     adapter: str | None = Field(default=None, max_length=128)
     adapter_scale: float = Field(default=1.0, ge=0.0, le=2.0)
     webhook_url: HttpUrl | None = None
+    webhook_events: WebhookEvents = None
     metadata: Metadata = Field(default_factory=dict)
+    start_deadline_s: StartDeadline = None
+    watermark: bool = Field(
+        default=True,
+        description="`false` leaves out the invisible watermark (only for tenants the operator allows; others get "
+        "403). Content Credentials are always attached.",
+    )
 
     @model_validator(mode="after")
     def _one_condition(self) -> GenerateRequest:
         if self.prompt is not None and self.class_label is not None:
             raise ValueError("give either `prompt` or `class_label`, not both")
+        if self.guidance_intervals is not None and self.guidance_schedule != "constant":
+            raise ValueError("give either `guidance_intervals` or a named `guidance_schedule`, not both")
         return self
 
 
 class FinetuneParams(StrictModel):
     """The parameters of `POST /v1/finetunes` (the dataset travels beside them)."""
 
-    model: str | None = Field(default=None, max_length=128)
-    name: str | None = Field(default=None, max_length=128)
-    steps: int = Field(default=500, ge=1, le=FINETUNE_MAX_STEPS)
-    rank: int = Field(default=8, ge=1, le=FINETUNE_MAX_RANK)
-    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
-    trigger_phrase: str | None = Field(default=None, max_length=200)
-    s3_prefix: str | None = Field(default=None, max_length=1024)
-    webhook_url: HttpUrl | None = None
+    model: str | None = Field(
+        default=None, max_length=128, description="The base model to adapt; the default model if omitted."
+    )
+    name: str | None = Field(default=None, max_length=128, description="A name for the adapter.")
+    steps: int = Field(default=500, ge=1, le=FINETUNE_MAX_STEPS, description="Training steps.")
+    rank: int = Field(default=8, ge=1, le=FINETUNE_MAX_RANK, description="LoRA rank of the adapter.")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
+    trigger_phrase: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Text-conditional models: prepended to every caption while training; use it in prompts.",
+    )
+    s3_prefix: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Instead of an upload (JSON body): a prefix under `tenants/<your tenant>/` in the bucket "
+        "that holds the images.",
+    )
+    webhook_url: HttpUrl | None = Field(default=None, description="Where to send the job's webhooks.")
+    webhook_events: WebhookEvents = None
     metadata: Metadata = Field(default_factory=dict)
+    start_deadline_s: StartDeadline = None
 
 
 class Progress(BaseModel):
@@ -162,8 +278,29 @@ class JobOutput(BaseModel):
     seed: int | None = None
     key: str = Field(description="Object key in storage (deterministic per job and index).")
     url: str | None = None
+    b64_json: str | None = Field(default=None, description="The image, base64 (`response_format: b64_json`).")
     expires_at: datetime | None = None
     content_type: str | None = None
+
+
+class JobLinks(BaseModel):
+    """Where to follow a job: its record, its cancel endpoint, its event stream and its images."""
+
+    self: str = Field(description="The job (`GET`; `DELETE` once it finished).")
+    cancel: str = Field(description="`POST` here to cancel it.")
+    events: str = Field(description="Server-sent events of its status and progress.")
+    outputs: list[str] = Field(
+        default_factory=list, description="The output images' URLs, once it succeeded."
+    )
+
+
+class ProvenanceRecord(BaseModel):
+    """What a generate job's images carry (README: Provenance)."""
+
+    c2pa: bool = Field(description="Signed C2PA Content Credentials are embedded in every output.")
+    watermark: bool = Field(
+        description="The invisible watermark is in every output (not below 512 px a side)."
+    )
 
 
 class JobError(BaseModel):
@@ -178,7 +315,16 @@ class Job(BaseModel):
     kind: JobKind
     status: JobStatus
     tenant: str
-    model: str | None = None
+    model: str | None = Field(
+        default=None, description="The model name, or `name@version` when the request pinned a version."
+    )
+    model_version: str | None = Field(
+        default=None,
+        description="The model version it ran on (the catalog's at admission, until a worker runs it).",
+    )
+    model_fingerprint: str | None = Field(
+        default=None, description="SHA-256 fingerprint of that model version's files (its fae-manifest.json)."
+    )
     request: RequestEcho = Field(default_factory=dict)
     metadata: Metadata = Field(default_factory=dict)
     created_at: datetime
@@ -193,10 +339,22 @@ class Job(BaseModel):
     cancel_requested: bool = False
     worker_id: str | None = Field(default=None, description="The worker of the latest attempt.")
     timings: dict[str, float] = Field(
-        default_factory=dict, description="Seconds per stage: queued, denoise, decode, upload, total."
+        default_factory=dict,
+        description="Seconds per stage: queued, denoise, decode, provenance, upload, total.",
     )
     adapter_id: str | None = Field(default=None, description="Finetune jobs: the adapter they produced.")
     webhook_url: str | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="The `X-Request-ID` of the request that created the job (also in worker logs).",
+    )
+    traceparent: str | None = Field(
+        default=None, description="The W3C `traceparent` header of the request that created the job, if any."
+    )
+    links: JobLinks | None = Field(default=None, description="Set on every job the API returns.")
+    provenance: ProvenanceRecord | None = Field(
+        default=None, description="Generate jobs, once succeeded: the credentials and watermark they carry."
+    )
 
 
 class AdapterInfo(BaseModel):
@@ -226,6 +384,14 @@ class AdapterRecord(AdapterInfo):
 
     def info(self) -> AdapterInfo:
         return AdapterInfo.model_validate(self.model_dump(exclude={"tenant", "key"}))
+
+
+class WebhookSecretRecord(BaseModel):
+    """A tenant's webhook secret after a rotation, and the one it replaced while both still sign."""
+
+    current: str = Field(min_length=1)
+    previous: str | None = None
+    previous_until: datetime | None = Field(default=None, description="The previous secret signs until then.")
 
 
 class DeadLetter(BaseModel):

@@ -51,6 +51,9 @@ class JobQueue(abc.ABC):
     def notify_terminal(self, job: Job) -> None:
         """Schedule the webhook of a job that became terminal (no-op without ``webhook_url``)."""
 
+    def notify_event(self, job: Job, event: str) -> None:  # noqa: B027 - optional hook
+        """Schedule a `job.started` / `job.progress` webhook (the worker calls it; a gateway never does)."""
+
     @abc.abstractmethod
     def depth(self, queue_name: str) -> int:
         """Messages waiting in a queue (generate, finetune, webhooks)."""
@@ -156,6 +159,10 @@ class CeleryJobQueue(JobQueue):
         if job.webhook_url:
             send_webhook_task(self.app, job.id, attempt=1)
 
+    def notify_event(self, job: Job, event: str) -> None:
+        if job.webhook_url:
+            send_webhook_task(self.app, job.id, attempt=1, event=event)
+
     def depth(self, queue_name: str) -> int:
         return int(self._redis.llen(queue_name))
 
@@ -169,12 +176,15 @@ class CeleryJobQueue(JobQueue):
         self._redis.close()
 
 
-def send_webhook_task(app: Any, job_id: str, attempt: int, countdown_s: float = 0.0) -> None:
-    """Queue one delivery attempt of a job's webhook on the CPU-side ``webhooks`` queue."""
+def send_webhook_task(
+    app: Any, job_id: str, attempt: int, countdown_s: float = 0.0, event: str | None = None
+) -> None:
+    """Queue one delivery attempt of a job's webhook (``event``; None: its terminal status) on the CPU-side
+    ``webhooks`` queue."""
     options: dict[str, Any] = {"countdown": countdown_s} if countdown_s > 0 else {}
     app.send_task(
         TASK_WEBHOOK,
-        args=[job_id, attempt],
+        args=[job_id, attempt] if event is None else [job_id, attempt, event],
         queue=QUEUE_WEBHOOKS,
         routing_key=QUEUE_WEBHOOKS,
         ignore_result=True,

@@ -24,6 +24,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 tenant_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
 _CONTEXT = {"request_id": request_id_var, "job_id": job_id_var, "tenant": tenant_var}
+# The W3C `traceparent` of the request being served: stored on the job it creates, logged by its worker.
+traceparent_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
 
 _MASK = "***"
 # Each pattern with a text that every match contains, lowercased: a plain search skips the regex on most lines

@@ -56,12 +56,37 @@ HTTP_DURATION = Histogram(
     ["route", "method"],
     buckets=_HTTP_BUCKETS,
 )
+# Requests that wait on purpose (`Prefer: wait`, the synchronous OpenAI route, event streams) last as long as
+# a job: kept apart so fae_http_request_duration_seconds measures the API's own latency (what an SLO means).
+HTTP_HELD_DURATION = Histogram(
+    "fae_http_held_request_duration_seconds",
+    "Latency of requests held open on purpose, by route template, method and mode (wait, stream).",
+    ["route", "method", "mode"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+BUILD_INFO = Gauge(
+    "fae_build_info",
+    "Always 1; the labels say which fae-serve and Python this process runs.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
+MODEL_INFO = Gauge(
+    "fae_model_info",
+    "Always 1 per model version a worker holds: its name, version label and fingerprint.",
+    ["model", "version", "fingerprint"],
+    multiprocess_mode="max",
+)
+MODEL_VERSION_UNAVAILABLE = Counter(
+    "fae_model_version_unavailable_total",
+    "Deliveries sent back because the job is pinned to a model version this worker does not hold.",
+    ["model"],
+)
 QUEUE_DEPTH = Gauge(
     "fae_queue_depth", "Jobs waiting in each queue.", ["queue"], multiprocess_mode="livemostrecent"
 )
 JOB_DURATION = Histogram(
     "fae_job_duration_seconds",
-    "Job time by kind and stage (queued, denoise, decode, upload, total).",
+    "Job time by kind and stage (queued, denoise, decode, provenance, upload, total).",
     ["kind", "stage"],
     buckets=_JOB_BUCKETS,
 )
@@ -109,6 +134,18 @@ DEAD_LETTERS = Gauge(
 )
 
 
+def record_build_info() -> None:
+    """Set fae_build_info once per process (the gateway and every worker call it at start)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("fae-serve")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        ours = "unknown"
+    BUILD_INFO.labels(version=ours, python=platform.python_version()).set(1)
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
@@ -126,3 +163,6 @@ def mark_process_dead(pid: int | None = None) -> None:
     """Drop a finished process's live gauges (call when a multi-process worker exits)."""
     if multiprocess_enabled():
         _multiprocess.mark_process_dead(pid if pid is not None else os.getpid())
+
+
+record_build_info()  # every process that can be scraped imports this module

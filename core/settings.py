@@ -1,7 +1,7 @@
 """The one settings object: every knob is an environment variable with the ``FAE_`` prefix.
 
 Settings come in named groups, one per part of the system (process, gateway, catalog, redis, limits, storage,
-webhooks, worker, engine); each component receives only the group it uses. Every group is frozen: a variant
+webhooks, worker, engine, provenance); each component receives only the group it uses. Every group is frozen: a variant
 (embedded mode, a test) is derived with :meth:`Settings.override`, never by assignment. The environment
 variable of a field is ``FAE_`` + its name, or its ``validation_alias`` where the group makes the name shorter
 (``settings.redis.url`` is ``FAE_REDIS_URL``). The README's settings table is rendered from the field
@@ -90,18 +90,37 @@ class CatalogSettings(_Group):
 
     models: str = Field(
         "",
-        description="`name=/dir,...` FAEPipeline repositories, the first the default (embedded, empty: the shipped demo model)",
+        description="`name[@version]=/dir,...` FAEPipeline repositories, the first the default; a name listed again with another version keeps that version loaded for jobs that pin it (embedded, empty: the shipped demo model)",
     )
     default_model: str = Field("", description="the model a request without `model` gets")
+    model_source: str = Field(
+        "",
+        description="where `fae models pull` fetches a model when given no SOURCE: `s3://bucket/prefix` "
+        "(read with the FAE_S3_* endpoint and credentials), an `https://` base URL, or a directory",
+    )
+
+    def model_entries(self) -> list[tuple[str, str | None, Path]]:
+        """`models` parsed into (name, version label or None, directory), in order; `name@version=/dir`
+        labels a version, and a name may be listed once per version (its first entry is the current one)."""
+        out: list[tuple[str, str | None, Path]] = []
+        for item in filter(None, (s.strip() for s in self.models.split(","))):
+            label, sep, path = item.partition("=")
+            name, at, version = (part.strip() for part in label.partition("@"))
+            if not sep or not name or not path.strip() or (at and not version):
+                raise ValueError(f"FAE_MODELS entry {item!r} is not of the form name[@version]=directory")
+            if any(n == name and (v == (version or None) or not at) for n, v, _ in out):
+                raise ValueError(
+                    f"FAE_MODELS lists {label.strip()!r} twice (label each version: name@version)"
+                )
+            out.append((name, version or None, Path(path.strip())))
+        return out
 
     def model_dirs(self) -> dict[str, Path]:
-        """`models` parsed into an ordered name → directory mapping."""
+        """Engine key → directory: a name's current (first) entry under the name, each older version under
+        `name@version`."""
         out: dict[str, Path] = {}
-        for item in filter(None, (s.strip() for s in self.models.split(","))):
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"FAE_MODELS entry {item!r} is not of the form name=directory")
-            out[name.strip()] = Path(path.strip())
+        for name, version, path in self.model_entries():
+            out[f"{name}@{version}" if name in out else name] = path
         return out
 
 
@@ -241,6 +260,18 @@ class WebhookSettings(_Group):
     timeout_s: float = Field(
         10.0, gt=0, validation_alias="FAE_WEBHOOK_TIMEOUT_S", description="timeout of one delivery"
     )
+    rotation_overlap_s: float = Field(
+        86400.0,
+        ge=0,
+        validation_alias="FAE_WEBHOOK_ROTATION_OVERLAP_S",
+        description="after a secret rotation, how long the old secret still signs beside the new one",
+    )
+    progress_interval_s: float = Field(
+        5.0,
+        gt=0,
+        validation_alias="FAE_WEBHOOK_PROGRESS_INTERVAL_S",
+        description="at most one `job.progress` webhook per job this often",
+    )
 
 
 class WorkerSettings(_Group):
@@ -310,6 +341,43 @@ class EngineSettings(_Group):
     adapter_max_rank: int = Field(32, ge=1, description="largest adapter rank the slots take")
 
 
+class ProvenanceSettings(_Group):
+    """Content Credentials (C2PA) and the invisible watermark on every generated image (README: Provenance)."""
+
+    c2pa_sign_cert: Path | None = Field(
+        None,
+        description="PEM certificate chain of the C2PA signer, leaf first (the chart and Compose mount it from a "
+        "secret; embedded mode makes a development CA and signer under the data dir when unset)",
+    )
+    c2pa_private_key: Path | None = Field(
+        None, description="PEM private key of the C2PA signer's leaf certificate"
+    )
+    c2pa_tsa_url: str = Field(
+        "", description="RFC 3161 timestamp authority the signatures are timestamped by"
+    )
+    c2pa_trust_anchors: Path | None = Field(
+        None,
+        description="more PEM CA certificates whose signatures verify counts as ours (the signer chain's root always does)",
+    )
+    c2pa_without_signer: Literal["refuse", "off"] = Field(
+        "refuse",
+        description="a worker without a configured signer: `refuse` to start, or run with credentials `off`",
+    )
+    c2pa_thumbnail: bool = Field(
+        False, description="embed a thumbnail in the credentials (about 30 KB an image)"
+    )
+    watermark_key: str = Field(
+        "",
+        description="key of the watermark payload (a keyed hash of the job); empty: derived from the signer's key",
+    )
+    watermark_opt_out_tenants: str = Field(
+        "", description="tenants allowed to send `watermark: false` (comma-separated; others get 403)"
+    )
+
+    def opt_out_tenants(self) -> set[str]:
+        return {t.strip() for t in self.watermark_opt_out_tenants.split(",") if t.strip()}
+
+
 GROUPS: dict[str, type[_Group]] = {
     "process": ProcessSettings,
     "gateway": GatewaySettings,
@@ -320,6 +388,7 @@ GROUPS: dict[str, type[_Group]] = {
     "webhooks": WebhookSettings,
     "worker": WorkerSettings,
     "engine": EngineSettings,
+    "provenance": ProvenanceSettings,
 }
 
 
@@ -355,6 +424,7 @@ class Settings(BaseModel):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
 
     def override(self, **values: Any) -> Settings:
         """A copy with some variables changed, named as in the environment without the prefix, any case:

@@ -2,8 +2,16 @@
 
 Signature: `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{webhook-id}.{webhook-timestamp}.{body}")>`,
 with the secret the base64 after `whsec_`. Each tenant has its own secret (configured, or derived from the
-operator's signing key). The worker's webhook task calls `deliver` once per attempt and retries with
-`retry_delay_s`; `webhook-id` is the same on every attempt of one event, so receivers can deduplicate.
+operator's signing key, or set by a rotation); for `FAE_WEBHOOK_ROTATION_OVERLAP_S` after a rotation the old
+secret signs too, space-separated in the same header, so receivers can switch over without losing events.
+The worker's webhook task calls `deliver` once per attempt and retries with `retry_delay_s`; `webhook-id` is
+the same on every attempt of one event, so receivers can deduplicate.
+
+Events: `job.started`, `job.progress` (at most one per `FAE_WEBHOOK_PROGRESS_INTERVAL_S`, best effort: never
+retried, and dropped once the job finished), `job.succeeded`, `job.failed`, `job.canceled`; a job gets the
+ones in its request's `webhook_events`, by default the terminal ones. The payload is
+`{"type", "id", "timestamp", "data": job}`, the job as `GET /v1/jobs/{id}` shows it without its webhook URL
+and worker id.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -28,7 +37,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from core import metrics
-from core.contract import Job
+from core.contract import TERMINAL_WEBHOOK_EVENTS, Job, WebhookSecretRecord
+from core.jobstore import WebhookSecretBook
 from core.settings import WebhookSettings
 
 logger = logging.getLogger(__name__)
@@ -161,6 +171,11 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def signatures(secrets_: list[str], webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header: one `v1,<b64>` per secret, space-separated (Standard Webhooks)."""
+    return " ".join(sign(secret, webhook_id, timestamp, body) for secret in secrets_)
+
+
 def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int = 300) -> bool:
     """Receiver side, for our own tooling and docs: checks a delivery's signature and freshness."""
     lowered = {k.lower(): v for k, v in headers.items()}
@@ -217,7 +232,44 @@ def secret_for_tenant(tenant: str, webhooks: WebhookSettings, data_dir: Path) ->
     return SECRET_PREFIX + base64.b64encode(derived).decode()
 
 
-# --- delivery ------------------------------------------------------------------------------------------
+def signing_secrets(
+    tenant: str, book: WebhookSecretBook, webhooks: WebhookSettings, data_dir: Path
+) -> list[str]:
+    """The secrets that sign the tenant's webhooks now: the current one, and the one a rotation replaced
+    while its overlap lasts."""
+    record = book.get_webhook_secrets(tenant)
+    if record is None:
+        return [secret_for_tenant(tenant, webhooks, data_dir)]
+    if record.previous and record.previous_until and datetime.now(UTC) < record.previous_until:
+        return [record.current, record.previous]
+    return [record.current]
+
+
+def rotate_secret(
+    tenant: str, book: WebhookSecretBook, webhooks: WebhookSettings, data_dir: Path
+) -> WebhookSecretRecord:
+    """A new secret for the tenant; the one it replaces keeps signing for `rotation_overlap_s`."""
+    current = signing_secrets(tenant, book, webhooks, data_dir)[0]
+    until = datetime.now(UTC) + timedelta(seconds=webhooks.rotation_overlap_s)
+    record = WebhookSecretRecord(current=generate_secret(), previous=current, previous_until=until)
+    book.put_webhook_secrets(tenant, record)
+    return record
+
+
+# --- events and delivery -------------------------------------------------------------------------------
+
+STARTED, PROGRESS = "job.started", "job.progress"
+
+
+def subscribed(job: Job, event: str) -> bool:
+    """Whether the job's request asked for this event type (by default: the terminal ones)."""
+    wanted = job.request.get("webhook_events") or TERMINAL_WEBHOOK_EVENTS
+    return bool(job.webhook_url) and event in wanted
+
+
+def terminal_event(job: Job) -> str:
+    return f"job.{job.status.value}"
+
 
 Outcome = Literal["delivered", "error", "rejected", "refused"]
 
@@ -240,18 +292,33 @@ class DeliveryOutcome:
         return self.outcome == "error"
 
 
-def webhook_id_for(job: Job) -> str:
-    """Stable across attempts of one event (one job reaching one status)."""
-    return f"msg_{job.id}_{job.status.value}"
+def webhook_id_for(job: Job, event: str | None = None) -> str:
+    """Stable across attempts of one event (one job reaching one status; a start per attempt; a step)."""
+    event = event or terminal_event(job)
+    if event == STARTED:
+        return f"msg_{job.id}_started_{job.attempts}"
+    if event == PROGRESS:
+        return f"msg_{job.id}_progress_{job.attempts}_{job.progress.step}"
+    return f"msg_{job.id}_{event.removeprefix('job.')}"
 
 
-def payload_for(job: Job) -> bytes:
-    event = {
-        "type": f"job.{job.status.value}",
-        "timestamp": (job.finished_at or job.created_at).isoformat(),
-        "data": job.model_dump(mode="json"),
+def webhook_data(job: Job) -> dict[str, object]:
+    """The job as the payload shows it: without the webhook URL and the worker id (also not in the echo)."""
+    data = job.model_dump(mode="json", exclude={"webhook_url", "worker_id"})
+    data["request"] = {k: v for k, v in data["request"].items() if k not in ("webhook_url", "webhook_events")}
+    return data
+
+
+def payload_for(job: Job, event: str | None = None) -> bytes:
+    event = event or terminal_event(job)
+    at = {STARTED: job.started_at, PROGRESS: datetime.now(UTC)}.get(event, job.finished_at)
+    body = {
+        "type": event,
+        "id": webhook_id_for(job, event),
+        "timestamp": (at or job.created_at).isoformat(),
+        "data": webhook_data(job),
     }
-    return json.dumps(event, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _pinned_url(target: WebhookTarget, address: IPAddress) -> str:
@@ -266,15 +333,18 @@ def _host_header(target: WebhookTarget) -> str:
     return host if target.port == default else f"{host}:{target.port}"
 
 
-def deliver(job: Job, url: str, secret: str, webhooks: WebhookSettings) -> DeliveryOutcome:
-    """POST the job to `url` once, signed; the URL is validated again and the connection pinned to the
-    validated address, so a DNS change between request and delivery cannot redirect it inward."""
-    webhook_id = webhook_id_for(job)
+def deliver(
+    job: Job, url: str, secret: str | list[str], webhooks: WebhookSettings, event: str | None = None
+) -> DeliveryOutcome:
+    """POST the job's `event` (default: its terminal status) to `url` once, signed with each secret; the URL is
+    validated again and the connection pinned to the validated address, so a DNS change between request and
+    delivery cannot redirect it inward."""
+    webhook_id = webhook_id_for(job, event)
     try:
         target = check_webhook_url(url, webhooks)
     except WebhookURLRefused as exc:
         return _record(job, DeliveryOutcome("refused", webhook_id, detail=str(exc)))
-    body = payload_for(job)
+    body = payload_for(job, event)
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",
@@ -282,7 +352,9 @@ def deliver(job: Job, url: str, secret: str, webhooks: WebhookSettings) -> Deliv
         "host": _host_header(target),
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+        "webhook-signature": signatures(
+            [secret] if isinstance(secret, str) else secret, webhook_id, timestamp, body
+        ),
     }
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
@@ -308,6 +380,7 @@ def _record(job: Job, outcome: DeliveryOutcome) -> DeliveryOutcome:
         extra={
             "job_id": job.id,
             "tenant": job.tenant,
+            "request_id": job.request_id,  # the submission's: every line about a job carries it
             "status_code": outcome.status_code,
             "detail": outcome.detail,
         },

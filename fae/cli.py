@@ -2,7 +2,10 @@
 
 - `fae serve [--embedded]`: the gateway (embedded: with an in-process worker, memory job store, local storage);
 - `fae worker`: a Celery GPU worker; `fae reaper`: the lease reaper on its own;
+- `fae verify IMAGE...`: an image's Content Credentials and watermark, offline (fae/verify.py);
 - model commands (`model-info`, `model-init`, `generate`, `train`, `finetune`): see model/commands.py.
+- `fae models manifest|verify|pull`: model directories as verified artifacts (fae/models_command.py).
+- `fae remote ...`: a remote server's API through the client package (`fae-client`, clients/python).
 
 Subcommands import their heavy parts only when they run: `fae serve` never imports torch.
 """
@@ -49,9 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     reaper.add_argument("--once", action="store_true", help="one pass, then exit")
     reaper.set_defaults(handler=reaper_command)
 
+    # Listed for --help only: main() hands `fae remote ...` to the client before parsing.
+    sub.add_parser("remote", help="call a running server's API (the fae-client command; clients/python)")
+
+    from fae.verify import add_command as add_verify
+
+    add_verify(sub)
+
     from model.commands import add_commands
 
     add_commands(sub)
+    from fae.models_command import add_models_commands
+
+    add_models_commands(sub)
     return parser
 
 
@@ -110,7 +123,20 @@ def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
         return 2
 
 
+def remote_command(argv: Sequence[str]) -> int:
+    """`fae remote ...`: the API client's command (`fae-client`, from clients/python), when it is installed."""
+    try:
+        from fae_client.cli import main as client_main
+    except ImportError:
+        print("fae remote: the client is not installed: pip install -e clients/python", file=sys.stderr)
+        return 2
+    return client_main(argv, prog="fae remote")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["remote"]:  # handed over whole: the client parses its own arguments
+        return remote_command(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_handler(args.handler, args)

@@ -3,7 +3,8 @@ storage; no Redis, no S3.
 
 This is the composition root's one place that puts gateway, worker and model into one process. The
 settings are derived once, here, from the environment's: local storage, the shipped demo model when no model
-is configured, a development API key on first run, and the bind address as the public URL.
+is configured, a development API key and a development C2PA signer on first run, and the bind address as the
+public URL.
 
 Deriving them imports the model stack (seconds): `fae serve --embedded` runs `build_embedded` in the background
 behind `fae.starting.StartingApp`, which answers `/healthz` at once.
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 
 from core.atomic import write_bytes_atomically
 from core.jobstore import MemoryJobStore
+from core.provenance import ensure_development_signer
 from core.settings import Settings
 from core.storage import make_storage
 from service.app import create_app
@@ -52,6 +54,10 @@ def embedded_settings(settings: Settings) -> tuple[Settings, str | None]:
         changes["api_keys"] = f"dev:{key}:generate+finetune+admin"
     if not settings.gateway.public_url:
         changes["public_url"] = f"http://{settings.gateway.host}:{settings.gateway.port}"
+    provenance = settings.provenance
+    if provenance.c2pa_sign_cert is None and provenance.c2pa_private_key is None:
+        # Content Credentials from the first run on: a development CA and signer, named as untrusted.
+        changes["c2pa_sign_cert"], changes["c2pa_private_key"] = ensure_development_signer(data_dir)
     return settings.override(**changes), key
 
 

@@ -40,7 +40,9 @@ StepCallback = Callable[[int, int], bool | None]
 
 @dataclass
 class Sample:
-    """One image to denoise. `cond`/`uncond` are single-row condition dicts (batch dimension 1).
+    """One image to denoise. `cond`/`uncond` are single-row condition dicts (batch dimension 1); `uncond` is the
+    null condition or, for a request with a negative prompt, that prompt's encoding (rows are per sample, so
+    samples with different unconditional branches share one guided call).
 
     `adapter_slot` is its LoRA slot (model/adapters/slots.py; 0 for none), kept on the host so that a batch
     in which no sample uses an adapter calls the generator without `adapter_slots`, i.e. on its plain path.

@@ -39,7 +39,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=int, default=1, help="number of images")
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    gen.add_argument("--guidance-schedule", default="constant", choices=["constant", "fae-three-part"])
+    gen.add_argument(
+        "--guidance-schedule",
+        default="constant",
+        choices=["constant", "fae-three-part", "fae-t2i"],
+        help="fae-three-part: the paper's ImageNet schedule; fae-t2i: its text-to-image one (the scale for t <= 0.9)",
+    )
+    gen.add_argument(
+        "--guidance-interval",
+        dest="guidance_intervals",
+        action="append",
+        type=_guidance_interval,
+        metavar="T_MIN:T_MAX:SCALE",
+        help="guidance SCALE for t in [T_MIN, T_MAX] (t = 1 is noise), --guidance elsewhere; repeatable "
+        "(instead of --guidance-schedule), e.g. 0.0:0.9:1.5",
+    )
     gen.add_argument("--seed", type=int, help="seed of the first image (image i uses seed + i)")
     gen.add_argument("--sampler", default="euler", choices=["euler", "euler_maruyama"])
     gen.add_argument("--adapter", type=Path, help="LoRA adapter directory from `fae finetune`")
@@ -53,6 +67,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .training.commands import add_training_commands
 
     add_training_commands(sub)
+
+    from .weights_commands import add_weights_commands
+
+    add_weights_commands(sub)
 
 
 def model_info(args: argparse.Namespace) -> int:
@@ -95,6 +113,7 @@ def generate(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         guidance_schedule=args.guidance_schedule,
+        guidance_intervals=args.guidance_intervals,
         seed=args.seed,
         sampler=args.sampler,
         callback=progress,
@@ -107,6 +126,20 @@ def generate(args: argparse.Namespace) -> int:
         write_bytes_atomically(path, buffer.getvalue())
         print(f"{path}  seed={seed}")
     return 0
+
+
+def _guidance_interval(text: str) -> tuple[float, float, float]:
+    """`T_MIN:T_MAX:SCALE` → three floats (their bounds are the pipeline's to check)."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        t_min, t_max, scale = (float(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected T_MIN:T_MAX:SCALE (three numbers), got {text!r}"
+        ) from None
+    return t_min, t_max, scale
 
 
 def _output_paths(out: Path, n: int) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -15,7 +16,16 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .errors import InvalidInputError
-from .layers import Attention, RMSNorm, SwiGLU, grid_to_tokens, rope_2d, tokens_to_grid
+from .layers import (
+    Attention,
+    RMSNorm,
+    Rope2D,
+    SwiGLU,
+    grid_to_tokens,
+    register_position_table,
+    sincos_2d,
+    tokens_to_grid,
+)
 
 
 @dataclass
@@ -45,7 +55,14 @@ def _check_tokens(features: torch.Tensor, num_tokens: int, dim: int, what: str) 
 
 
 class FAEEncoder(ModelMixin, ConfigMixin):
-    """Single-attention encoder: self-attention with a skip, an activation and one linear head to (μ, log σ²)."""
+    """Single-attention encoder: self-attention with a skip, an activation and one linear head to (μ, log σ²).
+
+    `head_input` is where the head reads. "features": the attention's output projection back to the feature
+    width, plus the features (skip), i.e. a standard attention block. "attention": the concatenated heads
+    (num_heads·head_dim = 6144 wide in the paper) with no output projection ("merged" into the head), plus
+    the features projected to that width (the skip): the paper's Fig. 7 wiring as far as its 38.17M count
+    tells it (the projection to 6144 has the output projection's size, and a 6144→64 head closes the gap).
+    """
 
     @register_to_config
     def __init__(
@@ -56,17 +73,26 @@ class FAEEncoder(ModelMixin, ConfigMixin):
         head_dim: int = 256,
         latent_channels: int = 32,
         logvar_clamp: float = 30.0,
+        head_input: Literal["features", "attention"] = "features",
     ) -> None:
         super().__init__()
+        if head_input not in ("features", "attention"):
+            raise InvalidInputError(f"head_input must be 'features' or 'attention', got {head_input!r}")
         self.norm = nn.LayerNorm(feature_dim, eps=1e-6)
         self.attn = Attention(feature_dim, num_heads, head_dim=head_dim, qkv_bias=True)
+        width = feature_dim
+        if head_input == "attention":
+            width = num_heads * head_dim
+            self.attn.proj = nn.Identity()  # merged into the head
+            self.skip = nn.Linear(feature_dim, width)
         self.act = nn.GELU(approximate="tanh")
-        self.head = nn.Linear(feature_dim, 2 * latent_channels)
+        self.head = nn.Linear(width, 2 * latent_channels)
 
     def forward(self, features: torch.Tensor) -> DiagonalGaussian:
         cfg = self.config
         _check_tokens(features, cfg.grid_size**2, cfg.feature_dim, "FAEEncoder")
-        h = features + self.attn(self.norm(features))
+        skip = features if cfg.head_input == "features" else self.skip(features)
+        h = skip + self.attn(self.norm(features))
         moments = tokens_to_grid(self.head(self.act(h)), cfg.grid_size)
         mean, logvar = moments.chunk(2, dim=1)
         return DiagonalGaussian(mean, logvar.clamp(-cfg.logvar_clamp, 20.0))
@@ -93,6 +119,10 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
     stage Ia growing the norm's gain, so stage Ia stores the training features' per-channel `feature_mean`
     and `feature_std` here and the decoder predicts standardised features that are mapped back with them.
     Unset (None), the output is used as it is.
+
+    `position_table`: add a fixed 2-D sin-cos table (a frozen parameter, grid²×width) to the input tokens, on
+    top of RoPE. The paper's 170.43M is this decoder plus exactly such a 256×1536 table; whether theirs is
+    fixed or learned is not stated (fixed, as LightningDiT's, here).
     """
 
     @register_to_config
@@ -106,16 +136,17 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
         mlp_hidden: int = 4096,
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
+        position_table: bool = False,
     ) -> None:
         super().__init__()
         self.proj_in = nn.Linear(latent_channels, feature_dim)
+        if position_table:
+            register_position_table(self, "pos_embed", sincos_2d(feature_dim, grid_size)[None], True)
         self.blocks = nn.ModuleList(
             FeatureDecoderBlock(feature_dim, num_heads, mlp_hidden) for _ in range(depth)
         )
         self.norm_out = RMSNorm(feature_dim)
-        cos, sin = rope_2d(grid_size, feature_dim // num_heads)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rope = Rope2D(grid_size, feature_dim // num_heads)
         self._register_feature_stats(feature_mean, feature_std)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -126,7 +157,9 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
                 f"got {tuple(latents.shape)}"
             )
         x = self.proj_in(grid_to_tokens(latents))
-        rope = (self.rope_cos.to(x.dtype), self.rope_sin.to(x.dtype))
+        if cfg.position_table:
+            x = x + self.pos_embed.to(x.dtype)
+        rope = self.rope.tables  # fp32: a bf16 decoder rotates in fp32 too
         for block in self.blocks:
             x = block(x, rope)
         x = self.norm_out(x)
@@ -160,7 +193,7 @@ class FeatureDecoder(ModelMixin, ConfigMixin):
         # Buffers, not tensors built in forward: they follow .to() and stay put under CUDA-graph capture.
         # Not persistent: the config is their one saved copy. Built where the other buffers are (parameters
         # may sit on the meta device while from_pretrained loads them).
-        device = self.rope_cos.device
+        device = self.rope.cos.device
         for name, values in (("output_mean", mean), ("output_std", std)):
             value = None if values is None else torch.tensor(values, dtype=torch.float32, device=device)
             self.register_buffer(name, value, persistent=False)

@@ -60,8 +60,36 @@ def rope_2d(grid_size: int, head_dim: int, theta: float = 10000.0) -> tuple[torc
     return angles.cos(), angles.sin()
 
 
+class Rope2D(nn.Module):
+    """A model's 2-D RoPE tables (`rope_2d`), fp32 whatever dtype the model is cast to.
+
+    Training runs them in fp32; `module.to(torch.bfloat16)` would cast every float buffer, and bf16 cos/sin
+    (8 bits of mantissa) rotate each query and key by a visibly wrong angle. A cast rebuilds them in fp32.
+    """
+
+    def __init__(self, grid_size: int, head_dim: int) -> None:
+        super().__init__()
+        self.grid_size, self.head_dim = grid_size, head_dim
+        cos, sin = rope_2d(grid_size, head_dim)
+        # Not persistent: a pure function of the shape, never saved.
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @property
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos, self.sin
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:
+            cos, sin = rope_2d(self.grid_size, self.head_dim)
+            self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        return self
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: B×H×N×Dh; cos/sin: N×Dh."""
+    """x: B×H×N×Dh; cos/sin: N×Dh. With fp32 tables (`Rope2D`) the rotation runs in fp32 whatever x's dtype,
+    and only its result is rounded to x's dtype."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -137,6 +165,27 @@ def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
     rows = pos.repeat_interleave(grid_size)[:, None] * omega
     cols = pos.repeat(grid_size)[:, None] * omega
     return torch.cat([cols.sin(), cols.cos(), rows.sin(), rows.cos()], dim=1).float()
+
+
+def register_position_table(module: nn.Module, name: str, table: torch.Tensor, as_parameter: bool) -> None:
+    """A fixed (never trained) position table on `module`. As a frozen nn.Parameter (`as_parameter`) it is
+    saved with the weights and counted among the parameters, as LightningDiT's `pos_embed` and RAE's
+    `decoder_pos_embed` are (and the paper's counts include); otherwise a non-persistent buffer (neither)."""
+    if as_parameter:
+        module.register_parameter(name, nn.Parameter(table, requires_grad=False))
+        # Trainers leave these out (model/training/optim.py: trainable), whatever requires_grad_ said since.
+        module.fixed_parameters = (*getattr(module, "fixed_parameters", ()), name)
+    else:
+        module.register_buffer(name, table, persistent=False)
+
+
+def fixed_parameter_names(module: nn.Module) -> set[str]:
+    """The qualified names of the never-trained parameters (`register_position_table`) inside `module`."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        for name in getattr(sub, "fixed_parameters", ())
+    }
 
 
 def tokens_to_grid(tokens: torch.Tensor, grid_size: int) -> torch.Tensor:

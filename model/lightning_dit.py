@@ -16,11 +16,12 @@ from .errors import InvalidInputError
 from .layers import (
     Attention,
     RMSNorm,
+    Rope2D,
     SwiGLU,
     TimestepEmbedder,
     grid_to_tokens,
     modulate,
-    rope_2d,
+    register_position_table,
     sincos_2d,
     tokens_to_grid,
 )
@@ -67,6 +68,9 @@ def zero_init_adaln(modulations: list[nn.Sequential], final: FinalLayer) -> None
 
 
 class LightningDiT(ModelMixin, ConfigMixin):
+    """`position_table_parameter`: keep the fixed sin-cos position table as a frozen parameter, as LightningDiT
+    does (the paper's 675.26M counts it); False (models saved before the option) keeps it a buffer."""
+
     condition_type = "class"
 
     @register_to_config
@@ -82,6 +86,7 @@ class LightningDiT(ModelMixin, ConfigMixin):
         qk_norm: bool = False,
         latent_mean: list[float] | None = None,
         latent_std: list[float] | None = None,
+        position_table_parameter: bool = False,
     ) -> None:
         super().__init__()
         self.x_embedder = nn.Linear(in_channels, hidden_size)
@@ -93,10 +98,9 @@ class LightningDiT(ModelMixin, ConfigMixin):
             DiTBlock(hidden_size, num_heads, mlp_hidden, qk_norm) for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, in_channels)
-        self.register_buffer("pos_embed", sincos_2d(hidden_size, grid_size)[None], persistent=False)
-        cos, sin = rope_2d(grid_size, hidden_size // num_heads)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        pos = sincos_2d(hidden_size, grid_size)[None]
+        register_position_table(self, "pos_embed", pos, position_table_parameter)
+        self.rope = Rope2D(grid_size, hidden_size // num_heads)
         nn.init.normal_(self.y_embedder.weight, std=0.02)
         zero_init_adaln([b.adaLN_modulation for b in self.blocks], self.final_layer)
 
@@ -123,10 +127,7 @@ class LightningDiT(ModelMixin, ConfigMixin):
             )
         h = self.x_embedder(grid_to_tokens(x)) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(class_labels)
-        rope = (
-            self.rope_cos,
-            self.rope_sin,
-        )  # fp32: apply_rope rotates in fp32, not with bf16-rounded cos/sin
+        rope = self.rope.tables  # fp32 in a bf16 model: apply_rope rotates in fp32
         route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h = block(h, c, rope)

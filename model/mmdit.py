@@ -18,12 +18,13 @@ from .errors import InvalidInputError
 from .layers import (
     Attention,
     RMSNorm,
+    Rope2D,
     SwiGLU,
     TimestepEmbedder,
     apply_rope,
     grid_to_tokens,
     modulate,
-    rope_2d,
+    register_position_table,
     sincos_2d,
     tokens_to_grid,
 )
@@ -79,6 +80,8 @@ class JointBlock(nn.Module):
 
 
 class MMDiT(ModelMixin, ConfigMixin):
+    """`position_table_parameter`: the fixed sin-cos table as a frozen parameter (as in LightningDiT)."""
+
     condition_type = "text"
 
     @register_to_config
@@ -95,6 +98,7 @@ class MMDiT(ModelMixin, ConfigMixin):
         qk_norm: bool = True,
         latent_mean: list[float] | None = None,
         latent_std: list[float] | None = None,
+        position_table_parameter: bool = False,
     ) -> None:
         super().__init__()
         self.x_embedder = nn.Linear(in_channels, hidden_size)
@@ -108,10 +112,9 @@ class MMDiT(ModelMixin, ConfigMixin):
             JointBlock(hidden_size, num_heads, mlp_hidden, qk_norm, last=i == depth - 1) for i in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, in_channels)
-        self.register_buffer("pos_embed", sincos_2d(hidden_size, grid_size)[None], persistent=False)
-        cos, sin = rope_2d(grid_size, hidden_size // num_heads)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        pos = sincos_2d(hidden_size, grid_size)[None]
+        register_position_table(self, "pos_embed", pos, position_table_parameter)
+        self.rope = Rope2D(grid_size, hidden_size // num_heads)
         zero_init_adaln(
             [m for b in self.blocks for m in (b.latent.adaLN_modulation, b.context.adaLN_modulation)],
             self.final_layer,
@@ -140,10 +143,7 @@ class MMDiT(ModelMixin, ConfigMixin):
             [text_mask.bool(), text_mask.new_ones(x.shape[0], h.shape[1], dtype=torch.bool)], dim=1
         )
         attn_mask = keep[:, None, None, :]
-        rope = (
-            self.rope_cos,
-            self.rope_sin,
-        )  # fp32: apply_rope rotates in fp32, not with bf16-rounded cos/sin
+        rope = self.rope.tables  # fp32 in a bf16 model: apply_rope rotates in fp32
         route_adapter_slots(self, adapter_slots, x.shape[0])
         for block in self.blocks:
             h, ctx = block(h, ctx, c, attn_mask, rope)

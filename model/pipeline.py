@@ -30,7 +30,8 @@ COMPONENT_MODULES = (
     "model.text_encoders",
 )
 MAX_IMAGES_PER_CALL = 64
-MAX_SEED = 2**63 - 1  # Kept equal to core.contract.MAX_SEED (tests/architecture/test_limits.py checks).
+# Below 2^53: JSON-safe in JavaScript. Kept equal to core.contract.MAX_SEED (tests/architecture/test_limits.py).
+MAX_SEED = 2**53 - 1
 
 
 @dataclass
@@ -180,11 +181,16 @@ class FAEPipeline(DiffusionPipeline):
         class_labels: int | Sequence[int] | None,
         num_images: int,
         encoded: Condition | None = None,
+        negative_prompt: str | None = None,
+        encoded_negative: Condition | None = None,
     ) -> tuple[Condition, Condition, int]:
         """Validate the request's condition and return (cond, uncond, batch size).
 
         `encoded`: the prompts' encoding (each prompt repeated `num_images` times), when the caller already
-        encoded several requests' prompts in one text-encoder call (the worker's engine does)."""
+        encoded several requests' prompts in one text-encoder call (the worker's engine does).
+        `negative_prompt` (text models): its encoding replaces the empty prompt's as the unconditional branch,
+        so guidance steers away from it; None keeps the empty prompt. `encoded_negative`: its encoding (one row),
+        when the caller encoded it with other prompts."""
         if not 1 <= num_images <= MAX_IMAGES_PER_CALL:
             raise InvalidInputError(f"num_images must be from 1 to {MAX_IMAGES_PER_CALL}, got {num_images}")
         if self.condition_type == "class":
@@ -200,6 +206,10 @@ class FAEPipeline(DiffusionPipeline):
                     raise InvalidInputError(
                         f"class label {label!r} is out of range: this model has classes 0..{self.num_classes - 1}"
                     )
+            if negative_prompt is not None:
+                raise InvalidInputError(
+                    "negative_prompt needs a text-conditional model; this one takes class labels"
+                )
             labels = [label for label in labels for _ in range(num_images)]
             cond = {"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)}
             return cond, self.generator.null_condition(len(labels), self.device), len(labels)
@@ -216,7 +226,14 @@ class FAEPipeline(DiffusionPipeline):
                 f"the given prompt encoding has the wrong batch size for {len(prompts)} rows"
             )
         cond = encoded if encoded is not None else self.encode_text(prompts)
-        null = self.null_text_condition()
+        if negative_prompt is None:
+            null = self.null_text_condition()
+        elif isinstance(negative_prompt, str) and negative_prompt.strip():
+            if encoded_negative is not None and any(v.shape[0] != 1 for v in encoded_negative.values()):
+                raise InvalidInputError("the given negative prompt encoding must have one row")
+            null = encoded_negative if encoded_negative is not None else self.encode_text([negative_prompt])
+        else:
+            raise InvalidInputError("negative_prompt must be a non-empty string (or None)")
         uncond = {k: v.expand(len(prompts), *v.shape[1:]) for k, v in null.items()}
         return cond, uncond, len(prompts)
 
@@ -224,16 +241,16 @@ class FAEPipeline(DiffusionPipeline):
     def resolve_seeds(seed: int | Sequence[int] | None, batch_size: int) -> list[int]:
         """One seed per image: a list is used as is, an int seeds image i with seed + i, None draws them."""
         if seed is None:
-            return [secrets.randbelow(MAX_SEED) for _ in range(batch_size)]
+            return [secrets.randbelow(MAX_SEED + 1) for _ in range(batch_size)]
         if isinstance(seed, int):
-            seeds = [(seed + i) % MAX_SEED for i in range(batch_size)]
+            seeds = [(seed + i) % (MAX_SEED + 1) for i in range(batch_size)]
         else:
             seeds = list(seed)
             if len(seeds) != batch_size:
                 raise InvalidInputError(f"got {len(seeds)} seeds for {batch_size} images: give one per image")
         for s in seeds:
             if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise InvalidInputError(f"seed {s!r} must be an integer from 0 to 2**63 - 1")
+                raise InvalidInputError(f"seed {s!r} must be an integer from 0 to 2**53 - 1")
         return seeds
 
     def prepare_samples(
@@ -249,19 +266,29 @@ class FAEPipeline(DiffusionPipeline):
         key: Hashable = None,
         adapter_slot: int = 0,
         encoded: Condition | None = None,
+        negative_prompt: str | None = None,
+        guidance_intervals: Sequence[tuple[float, float, float]] | None = None,
+        encoded_negative: Condition | None = None,
     ) -> list[Sample]:
         """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index).
-        `encoded`: its prompts already encoded (see `prepare_conditions`).
+        `encoded`: its prompts already encoded; `negative_prompt`: the unconditional branch's text, and
+        `encoded_negative` its encoding if already done (see `prepare_conditions`). Each sample carries its own unconditional row, so requests with different
+        negative prompts share a step batch.
 
         With LoRA slots attached to the generator (model/adapters/slots.py), each sample carries its
         `adapter_slot` (0 for none), so samples with different adapters share a batch.
+
+        `guidance_intervals`: `(t_min, t_max, scale)` triples (t = 1 is noise), with `guidance_scale` outside
+        them, instead of a named `guidance_schedule` (model/guidance.py).
         """
         from .adapters import NO_ADAPTER, has_adapter_slots
 
         check_steps(num_inference_steps)
         check_sampler(sampler)
-        schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale)
-        cond, uncond, batch = self.prepare_conditions(prompt, class_labels, num_images, encoded)
+        schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale, guidance_intervals)
+        cond, uncond, batch = self.prepare_conditions(
+            prompt, class_labels, num_images, encoded, negative_prompt, encoded_negative
+        )
         if adapter_slot != NO_ADAPTER and not has_adapter_slots(self.generator):
             raise InvalidInputError("adapter_slot needs adapter slots attached to the generator")
         seeds = self.resolve_seeds(seed, batch)
@@ -321,6 +348,8 @@ class FAEPipeline(DiffusionPipeline):
         sampler: str = "euler",
         output_type: Literal["pil", "np", "pt"] = "pil",
         callback: StepCallback | None = None,
+        negative_prompt: str | None = None,
+        guidance_intervals: Sequence[tuple[float, float, float]] | None = None,
     ) -> FAEPipelineOutput:
         if output_type not in ("pil", "np", "pt"):
             raise InvalidInputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
@@ -333,6 +362,8 @@ class FAEPipeline(DiffusionPipeline):
             guidance_schedule,
             seed,
             sampler,
+            negative_prompt=negative_prompt,
+            guidance_intervals=guidance_intervals,
         )
         batcher = self.step_batcher()
         batcher.add(samples)

@@ -8,7 +8,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .errors import InvalidInputError
-from .layers import Attention, GeluMlp, sincos_2d
+from .layers import Attention, GeluMlp, register_position_table, sincos_2d
 
 
 class ViTBlock(nn.Module):
@@ -30,6 +30,7 @@ class PixelDecoder(ModelMixin, ConfigMixin):
     Each token predicts its own patch, so a briefly trained decoder shows seams between patches. With
     `refine_channels` > 0 the tokens predict that many channels per pixel instead, and two 3×3 convolutions
     over the whole image (which see across patch borders) turn them into RGB; 0 (the paper) is the plain head.
+    `position_table_parameter` keeps the fixed sin-cos table as a frozen parameter, as RAE's decoder does.
     """
 
     @register_to_config
@@ -44,12 +45,13 @@ class PixelDecoder(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         out_channels: int = 3,
         refine_channels: int = 0,
+        position_table_parameter: bool = False,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(feature_dim, hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         pos = torch.cat([torch.zeros(1, hidden_size), sincos_2d(hidden_size, grid_size)])
-        self.register_buffer("pos_embed", pos[None], persistent=False)
+        register_position_table(self, "pos_embed", pos[None], position_table_parameter)
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.blocks = nn.ModuleList(ViTBlock(hidden_size, num_heads, mlp_hidden) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)

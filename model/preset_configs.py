@@ -11,10 +11,19 @@ from typing import Any
 # by both paper presets; each preset gets its own deep copy (model/presets.py: preset_config).
 _PAPER_FAE: dict[str, Any] = {
     "encoder": {"kind": "dinov2", "path": None, "image_size": 224, "feature_dim": 1536, "grid_size": 16},
-    "compressor": {"num_heads": 24, "head_dim": 256, "latent_channels": 32},
-    "feature_decoder": {"depth": 6, "num_heads": 24, "mlp_hidden": 4096},
-    "pixel_decoder": {"patch_size": 16, "hidden_size": 1024, "depth": 24, "num_heads": 16},
-    "scheduler": {"shift": 2.5},
+    # Shapes chosen to give the paper's parameter counts (README: "Presets"); fixed position tables are
+    # frozen parameters, as in LightningDiT and RAE.
+    "compressor": {"num_heads": 24, "head_dim": 256, "latent_channels": 32, "head_input": "attention"},
+    "feature_decoder": {"depth": 6, "num_heads": 24, "mlp_hidden": 4096, "position_table": True},
+    "pixel_decoder": {
+        "patch_size": 16,
+        "hidden_size": 1024,
+        "depth": 24,
+        "num_heads": 16,
+        "position_table_parameter": True,
+    },
+    # SiT/LightningDiT's SDE (g² = 2σ_t), the sampler of the paper's no-guidance numbers.
+    "scheduler": {"shift": 2.5, "sde_diffusion": "sigma"},
 }
 # EfficientNet-Lite0's stride-16 stage on 128 px input: 8×8 tokens of width 112 (the demo presets).
 _EFFICIENTNET_128: dict[str, Any] = {
@@ -50,12 +59,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             "depth": 28,
             "num_heads": 16,
             "num_classes": 1000,
+            "position_table_parameter": True,
         },
         "text_encoder": None,
     },
     "paper-t2i": {
         **_PAPER_FAE,
-        "generator": {"kind": "mmdit", "hidden_size": 1024, "depth": 16, "num_heads": 16},
+        "generator": {
+            "kind": "mmdit",
+            "hidden_size": 1024,
+            "depth": 16,
+            "num_heads": 16,
+            "position_table_parameter": True,
+        },
         "text_encoder": {"kind": "t5", "path": None, "max_length": 128, "text_dim": 2048},
     },
     "demo": {

@@ -2,11 +2,15 @@
 
 Per-channel Gaussian data N(μ_c, σ_c²) under the linear interpolant x_t = (1 − t)·x₀ + t·ε has the velocity
 v(x, t) = −μ + (t − (1 − t)σ²) / ((1 − t)²σ² + t²) · (x − (1 − t)μ), and its ODE carries the starting noise ε
-exactly onto μ + σ·ε. The tests and the serving benchmark push it through the real `StepBatcher` and scheduler
+exactly onto μ + σ·ε. The reverse SDE with diffusion g² = k·t keeps the marginals but forgets the starting noise:
+x₀ and ε stay jointly Gaussian with correlation ρ_k = exp(−(k/2)·∫₀¹ t/((1 − t)²σ² + t²) dt)
+= exp(−k·(πσ/2 − ln σ) / (2·(1 + σ²))) per channel (ρ = 1 for the ODE). The tests and the serving benchmark push it through the real `StepBatcher` and scheduler
 with a "generator" of a chosen dtype, so the error measured is the sampler's and its state's, nothing else.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,19 +38,27 @@ class GaussianFlow:
         t, x = t.double().view(-1, 1, 1, 1), x.double()
         return -mean + (t - (1 - t) * var) / ((1 - t) ** 2 * var + t**2) * (x - (1 - t) * mean)
 
-    def ode_error(
+    def sde_noise_correlation(self, diffusion_factor: float) -> torch.Tensor:
+        """Per channel (C,), the exact correlation of the SDE's output with its starting noise, g² = k·t."""
+        std = self.std.flatten()
+        integral = (math.pi / 2 * std - std.log()) / (1 + std**2)
+        return torch.exp(-diffusion_factor / 2 * integral)
+
+    def sample(
         self,
-        model_dtype: torch.dtype,
+        scheduler: FlowMatchingScheduler,
+        model_dtype: torch.dtype = torch.float32,
         steps: int = 250,
         n: int = 8,
+        stochastic: bool = False,
         device: torch.device | str = "cpu",
-        shift: float = 2.5,
-    ) -> float:
-        """Relative error of the Euler ODE through the real `StepBatcher` and scheduler, with a generator in
-        `model_dtype` that computes the exact velocity from its (rounded) input and returns it in its dtype."""
-        batcher = StepBatcher(FlowMatchingScheduler(shift=shift), self.shape, device, model_dtype)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(samples, their starting noise), n×C×G×G each in float64, drawn through the real `StepBatcher` and
+        `scheduler` with a generator in `model_dtype` that computes the exact velocity from its (rounded)
+        input and returns it in its dtype; sample i uses seed i."""
+        batcher = StepBatcher(scheduler, self.shape, device, model_dtype)
         label = {"class_labels": torch.zeros(1, dtype=torch.long)}
-        batcher.add([Sample(seed, seed, steps, label, label) for seed in range(n)])
+        batcher.add([Sample(seed, seed, steps, label, label, stochastic=stochastic) for seed in range(n)])
 
         def generator(x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
             if x.dtype != model_dtype:
@@ -69,5 +81,17 @@ class GaussianFlow:
                 for seed in range(n)
             ]
         )
-        exact = self.mean + self.std * noise.double().cpu()
+        return x, noise.double().cpu()
+
+    def ode_error(
+        self,
+        model_dtype: torch.dtype,
+        steps: int = 250,
+        n: int = 8,
+        device: torch.device | str = "cpu",
+        shift: float = 2.5,
+    ) -> float:
+        """Relative error of the Euler ODE through the real `StepBatcher` and scheduler (see `sample`)."""
+        x, noise = self.sample(FlowMatchingScheduler(shift=shift), model_dtype, steps, n, device=device)
+        exact = self.mean + self.std * noise
         return float((x - exact).norm() / exact.norm())

@@ -6,6 +6,11 @@ model predicts the velocity v = ε − x₀ = dx_t/dt. Sampling integrates from 
 Timestep shift: t' = s·t / (1 + (s − 1)·t) with s ≥ 1 spends more steps near noise. The paper's "shift 0.4"
 is LightningDiT's convention (t = 0 noise); in this convention it is s = 1 / 0.4 = 2.5.
 
+SDE diffusion form (`sde_diffusion`): the Euler–Maruyama sampler runs the reverse SDE with diffusion g²;
+"sigma" is SiT/LightningDiT's `diffusion_form="sigma"` (w_t = σ_t = t, drift v + w·score, noise √(2w·dt), so
+g² = 2t), the sampler behind the paper's no-guidance numbers; "half-sigma" (g² = t) injects half that noise
+variance (this project's first sampler, kept for models saved with it). Both keep the data marginals.
+
 All step functions take per-sample timesteps (shape B), so samples at different steps share one batch.
 """
 
@@ -20,6 +25,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .errors import InvalidInputError
 
 SAMPLERS = ("euler", "euler_maruyama")
+# g² / t of each SDE diffusion form (g² = factor · σ_t, σ_t = t): see the module docstring.
+SDE_DIFFUSION_FACTORS = {"sigma": 2.0, "half-sigma": 1.0}
 MAX_STEPS = 250  # Kept equal to core.contract.MAX_STEPS (tests/architecture/test_limits.py checks).
 
 
@@ -49,9 +56,16 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
         train_timestep_distribution: Literal["uniform", "logit_normal"] = "logit_normal",
         train_shift: float | None = None,
         sde_last_step_mean: bool = True,
+        sde_diffusion: Literal["sigma", "half-sigma"] = "half-sigma",
     ) -> None:
+        # The class default stays "half-sigma" so that saved models (their scheduler_config.json has no
+        # `sde_diffusion`) sample as before; the paper presets set "sigma" (model/preset_configs.py).
         if shift <= 0:
             raise InvalidInputError(f"timestep shift must be positive, got {shift}")
+        if sde_diffusion not in SDE_DIFFUSION_FACTORS:
+            raise InvalidInputError(
+                f"unknown sde_diffusion {sde_diffusion!r}; choose one of {', '.join(SDE_DIFFUSION_FACTORS)}"
+            )
 
     # --- training -------------------------------------------------------------------------------
     def sample_training_timesteps(
@@ -93,9 +107,10 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """One step per sample from t to t_next < t.
 
-        Euler (ODE): x + (t_next − t)·v. Euler–Maruyama (SDE) with diffusion w_t = σ_t = t runs the
-        reverse-time SDE dx = [−v + ½·w·s]dτ + √w dW (τ = 1 − t), where the score s = −(x + (1 − t)·v)/t; the
-        t in w and 1/t cancel, so ½·w·s = −½·(x + (1 − t)·v). The final step to t = 0 adds no noise (the
+        Euler (ODE): x + (t_next − t)·v. Euler–Maruyama (SDE) with diffusion g² = k·t (k = 2 for "sigma",
+        1 for "half-sigma") runs the reverse-time SDE dx = [−v + ½·g²·s]dτ + g·dW (τ = 1 − t), where the score
+        s = −(x + (1 − t)·v)/t; the t in g² and 1/t cancel, so ½·g²·s = −(k/2)·(x + (1 − t)·v). For k = 2
+        this is SiT's drift v + σ·score with noise √(2σ·dt). The final step to t = 0 adds no noise (the
         "last step mean" of SiT). `stochastic` is a bool mask (B,) selecting SDE samples; pass `noise` only
         when some sample is stochastic (the caller knows on the host: reading the mask would stall the device).
         `dt` = t − t_next when the caller has it more precisely (from float64 grids on the host).
@@ -111,8 +126,9 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
         ode = x - dt * velocity
         if noise is None:
             return ode
-        drift = -velocity - 0.5 * (x + (1.0 - t_) * velocity)
-        diffusion = torch.sqrt(torch.clamp(t_ * dt, min=0.0))
+        k = SDE_DIFFUSION_FACTORS[self.config.sde_diffusion]
+        drift = -velocity - 0.5 * k * (x + (1.0 - t_) * velocity)
+        diffusion = torch.sqrt(torch.clamp(k * t_ * dt, min=0.0))
         last = (
             (t_next <= 0).view(shape)
             if self.config.sde_last_step_mean

@@ -18,13 +18,16 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from core import metrics
-from core.contract import Job, JobError, JobKind, JobStatus
+from core.contract import GenerateRequest, Job, JobError, JobKind, JobStatus
 from core.jobqueue import JobQueue
-from core.jobstore import InvalidTransition, JobRecords, JobStore
+from core.jobstore import InvalidTransition, JobRecords, JobStore, body_hash
 from core.jobstore.base import RATE_PERIOD_S, Admission, AdmissionOutcome, RateBudget, utcnow
 from core.lifecycle import record_terminal
+from core.logs import job_id_var, request_id_var, traceparent_var
 from core.settings import LimitsSettings
+from service.deps import Services
 from service.problems import ProblemError, too_many_requests
+from service.validation import check_adapter, check_condition, check_watermark, check_webhook, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +71,22 @@ def _observe(admission: Admission, kind: JobKind) -> None:
         metrics.QUEUE_DEPTH.labels(queue=kind.value).set(admission.queue_depth)
 
 
-async def check_admission(store: JobStore, limits: LimitsSettings, tenant: str, kind: JobKind) -> RateBudget:
-    """Refuse early (before a long upload) what `admit` would refuse now; counts and stores nothing."""
-    admission = await store.admit(tenant, kind, limits)
+async def check_admission(
+    store: JobStore,
+    limits: LimitsSettings,
+    tenant: str,
+    kind: JobKind,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> Admission:
+    """Refuse early (before a long upload is stored) what `admit` would refuse now; counts and stores nothing.
+    With an idempotency key, the earlier job sent with that key and body is the answer (outcome `replayed`,
+    whatever the budget says); the same key with another body raises IdempotencyConflict."""
+    admission = await store.admit(tenant, kind, limits, None, idempotency_key, body_hash)
     _observe(admission, kind)
-    if admission.outcome is not AdmissionOutcome.admissible:
+    if admission.outcome not in (AdmissionOutcome.admissible, AdmissionOutcome.replayed):
         raise _refusal(admission, kind, limits)
-    return admission.budget
+    return admission
 
 
 async def admit(
@@ -91,6 +103,8 @@ async def admit(
     problem and a reused key with another body raises IdempotencyConflict."""
     admission = await store.admit(job.tenant, job.kind, limits, job, idempotency_key, body_hash)
     _observe(admission, job.kind)
+    if admission.job is not None:  # on the event loop: the request's access line names the job
+        job_id_var.set(admission.job.id)
     if admission.outcome is AdmissionOutcome.created:
         try:
             await queue.enqueue_async(job)
@@ -120,6 +134,8 @@ def build_job(
         metadata=metadata,
         created_at=utcnow(),
         webhook_url=webhook_url,
+        request_id=request_id_var.get(),  # the creating request's, carried into the worker's logs
+        traceparent=traceparent_var.get(),
     )
 
 
@@ -152,3 +168,46 @@ def publish_failed(jobs: JobRecords, job: Job) -> ProblemError:
         headers={"Retry-After": "5"},
         job_id=job.id,
     )
+
+
+# --- generate: the checks and admission both generate routes share ---------------------------------
+
+
+def validated_job(services: Services, tenant: str, body: GenerateRequest, payload: dict[str, object]) -> Job:
+    """The job a valid body asks for (an adapter or a webhook address is looked up: runs in a thread)."""
+    model = resolve_model(services.models, body.model)
+    check_condition(body, model)
+    check_adapter(services.store, tenant, body, model)
+    check_watermark(tenant, body, services.settings.provenance)
+    webhook_url = check_webhook(body.webhook_url, services.settings.webhooks)
+    fields = model.job_fields(body.model)
+    payload["model"] = fields["model"]
+    job = build_job(
+        new_job_id(), JobKind.generate, tenant, fields["model"], payload, body.metadata, webhook_url
+    )
+    return job.model_copy(update=fields)
+
+
+async def admit_generate(
+    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
+) -> Admission:
+    """Everything between a valid body and a published job. A retry with the same key and body gets its
+    job back whatever the budget says, even if the body would no longer validate (its model or adapter was
+    removed since): the body hash is taken before the model name is filled in."""
+    limits = services.settings.limits
+    payload = body.model_dump(mode="json")
+    digest = body_hash(payload)
+    try:
+        if body.adapter is None and body.webhook_url is None:  # nothing to look up: no thread needed
+            job = validated_job(services, tenant, body, payload)
+        else:
+            job = await run_in_threadpool(validated_job, services, tenant, body, payload)
+    except ProblemError:
+        if idempotency_key:  # a check only: it replays, or stores and counts nothing
+            earlier = await services.store.admit(
+                tenant, JobKind.generate, limits, None, idempotency_key, digest
+            )
+            if earlier.outcome is AdmissionOutcome.replayed:
+                return earlier
+        raise
+    return await admit(services.store, services.queue, limits, job, idempotency_key, digest)

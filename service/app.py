@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from core import metrics
 from core.jobqueue import CeleryJobQueue, JobQueue
@@ -28,9 +28,23 @@ from service.auth import ApiKeyRegistry
 from service.catalog import ModelCatalog
 from service.datasets import UploadSlots
 from service.deps import Services
+from service.edges import reject_unknown_query
 from service.middleware import GatewayMiddleware
+from service.openapi import install_openapi, operation_id
 from service.problems import install_problem_handlers
-from service.routes import admin, files, finetunes, generate, health, jobs, models, webhook_secret
+from service.routes import (
+    adapters,
+    admin,
+    files,
+    finetunes,
+    generate,
+    health,
+    images,
+    jobs,
+    models,
+    provenance,
+    webhook_secret,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +59,8 @@ def _body_limits(gateway: GatewaySettings) -> Callable[[str, str], int]:
     def limit_for(method: str, path: str) -> int:
         if method == "POST" and path.rstrip("/") == "/v1/finetunes":
             return gateway.max_upload_bytes
+        if method == "POST" and path.rstrip("/") == "/v1/provenance/verify":
+            return gateway.max_dataset_file_bytes + 64 * 1024  # one image and its multipart framing
         return gateway.max_body_bytes
 
     return limit_for
@@ -95,10 +111,27 @@ def create_app(
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,  # short, stable operation ids (service/openapi.py)
+        dependencies=[Depends(reject_unknown_query)],
+        docs_url=None,  # served from local files by install_openapi (no CDN)
+        redoc_url=None,
     )
     app.state.services = services
     install_problem_handlers(app)
-    for module in (generate, jobs, finetunes, models, webhook_secret, admin, files, health):
+    install_openapi(app)
+    for module in (
+        generate,
+        images,
+        jobs,
+        finetunes,
+        models,
+        adapters,
+        webhook_secret,
+        provenance,
+        admin,
+        files,
+        health,
+    ):
         app.include_router(module.router)
     app.add_middleware(GatewayMiddleware, limit_for=_body_limits(settings.gateway))
     return app

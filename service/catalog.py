@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from core.manifests import identify, resolve_reference
 from core.settings import Settings
 
 ConditionType = Literal["class", "text"]
@@ -31,16 +32,37 @@ class ModelInfo:
     num_classes: int | None
     image_size: int | None
     default: bool = False
+    version: str | None = None
+    fingerprint: str | None = None
+    # The engine's key: the name for a name's current version, `name@version` for an older one kept loaded.
+    key: str = ""
+
+    @property
+    def current(self) -> bool:
+        return self.key in ("", self.name)
 
     def public(self) -> dict[str, Any]:
         """What `GET /v1/models` shows (no filesystem paths)."""
         return {
             "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "current": self.current,
             "condition_type": self.condition_type,
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "default": self.default,
         }
+
+    def job_fields(self, reference: str | None) -> dict[str, Any]:
+        """What a job admitted for `reference` records: `model` is the plain name (runs on whatever version
+        is current when a worker takes it) unless the caller pinned a version (`name@version`, or the full
+        fingerprint when pinned by fingerprint), and the version the catalog holds now."""
+        model = self.name
+        if reference is not None and "@" in reference:
+            pin = reference.partition("@")[2]
+            model = f"{self.name}@{self.version if pin == self.version else self.fingerprint}"
+        return {"model": model, "model_version": self.version, "model_fingerprint": self.fingerprint}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -55,7 +77,9 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def describe_model(name: str, path: Path, default: bool = False) -> ModelInfo:
+def describe_model(
+    name: str, path: Path, default: bool = False, version: str | None = None, key: str = ""
+) -> ModelInfo:
     index = _read_json(path / "model_index.json")
     generator = _read_json(path / "generator" / "config.json")
     condition = generator.get("condition_type") or index.get("condition_type")
@@ -74,6 +98,7 @@ def describe_model(name: str, path: Path, default: bool = False) -> ModelInfo:
         pixel = _read_json(path / "pixel_decoder" / "config.json")
         grid, patch = _int_or_none(pixel.get("grid_size")), _int_or_none(pixel.get("patch_size"))
         image_size = grid * patch if grid and patch else _int_or_none(pixel.get("image_size"))
+    identity = identify(path, version)
     return ModelInfo(
         name=name,
         path=path,
@@ -81,6 +106,9 @@ def describe_model(name: str, path: Path, default: bool = False) -> ModelInfo:
         num_classes=num_classes if condition == "class" else None,
         image_size=image_size,
         default=default,
+        version=identity.version,
+        fingerprint=identity.fingerprint,
+        key=key or name,
     )
 
 
@@ -96,11 +124,20 @@ def configured_model_dirs(settings: Settings) -> dict[str, Path]:
 
 
 def describe_models(settings: Settings) -> list[ModelInfo]:
-    dirs = configured_model_dirs(settings)
+    """Every configured model version (FAE_MODELS), or the embedded default directories."""
+    entries = settings.catalog.model_entries()
+    if entries:
+        keys = list(settings.catalog.model_dirs())
+    else:
+        entries = [(name, None, path) for name, path in configured_model_dirs(settings).items()]
+        keys = [name for name, _, _ in entries]
     default = (
-        settings.catalog.default_model if settings.catalog.default_model in dirs else next(iter(dirs), None)
+        settings.catalog.default_model if settings.catalog.default_model in keys else next(iter(keys), None)
     )
-    return [describe_model(name, path, default=name == default) for name, path in dirs.items()]
+    return [
+        describe_model(name, path, default=key == default, version=version, key=key)
+        for key, (name, version, path) in zip(keys, entries, strict=True)
+    ]
 
 
 class ModelCatalog:
@@ -120,10 +157,15 @@ class ModelCatalog:
             return list(self._models)
 
     def resolve(self, name: str | None) -> ModelInfo | None:
-        """The named model, or the default for None; None when there is no such model."""
+        """The named model (`name`: its current version; `name@version` or `name@<fingerprint>`: that version),
+        or the default for None; None when there is no such model."""
         for force in (False, True):
             models = self.all(force=force)
-            found = next((m for m in models if (m.default if name is None else m.name == name)), None)
+            if name is None:
+                found = next((m for m in models if m.default), None)
+            else:
+                key = resolve_reference(name, [(m.key, m.name, m.version, m.fingerprint) for m in models])
+                found = next((m for m in models if m.key == key), None)
             if found is not None:
                 return found
         return None

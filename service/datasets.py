@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from core.provenance import forbids_training
 from core.settings import GatewaySettings
 from core.storage import Storage, content_type_for
 from service.problems import ProblemError
@@ -86,6 +87,13 @@ def check_image(name: str, path: Path, max_pixels: int) -> None:
         raise UploadRejected(f"{name} is not a readable image") from exc
 
 
+def training_forbidden(path: Path) -> bool:
+    """Whether the image's Content Credentials forbid AI training (core/provenance.py reads them); only
+    files that hold a C2PA manifest store at all are handed to the C2PA reader."""
+    data = path.read_bytes()
+    return b"c2pa" in data and forbids_training(data)
+
+
 class UploadSlots:
     """How many uploads one gateway process unpacks at once; past that, a 503 with Retry-After (a client
     retries; waiting here would keep its whole upload on the gateway's disk meanwhile). Taken and given back
@@ -125,6 +133,7 @@ class DatasetWriter:
         self.max_pixels = gateway.max_image_pixels
         self.summary = DatasetSummary()
         self._names: set[str] = set()
+        self.not_for_training: list[str] = []  # images whose Content Credentials forbid AI training
 
     def _unique(self, name: str) -> str:
         candidate, counter = name, 1
@@ -166,11 +175,26 @@ class DatasetWriter:
             self._copy(original_name, source, spool, self.max_file_bytes if is_image else MAX_TEXT_BYTES)
             if is_image:
                 check_image(original_name, Path(spool.name), self.max_pixels)
+                if training_forbidden(Path(spool.name)):
+                    self.not_for_training.append(original_name)
+                    return
                 self.summary.images += 1
             else:
                 self.summary.texts += 1
             name = self._unique(name)
             self.storage.put_file(self.prefix + name, spool.name, content_type_for(name))
+
+    def check_training_allowed(self) -> None:
+        """Refuse the whole dataset, naming the files, when images forbid training (after every file was seen,
+        so one answer names them all)."""
+        if self.not_for_training:
+            names = ", ".join(self.not_for_training[:20]) + (
+                " and more" if len(self.not_for_training) > 20 else ""
+            )
+            raise UploadRejected(
+                f"{len(self.not_for_training)} image(s) carry C2PA Content Credentials that do not allow AI "
+                f"training (c2pa.training-mining: notAllowed): {names}; remove them from the dataset"
+            )
 
     def add_upload(self, filename: str, stream: BinaryIO) -> None:
         if _extension(filename) == ".zip":

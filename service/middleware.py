@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
-from core.logs import ACCESS_LOGGER, job_id_var, request_id_var, tenant_var
+from core.logs import ACCESS_LOGGER, job_id_var, request_id_var, tenant_var, traceparent_var
+from service.edges import valid_traceparent
 from service.problems import problem_response
 
 logger = logging.getLogger(__name__)
@@ -56,16 +57,21 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        offered = declared = None
+        offered = declared = traceparent = prefer = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 offered = value.decode("latin-1")
             elif name == b"content-length":
                 declared = value
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif name == b"prefer":
+                prefer = value
         request_id = offered if offered and _REQUEST_ID.match(offered) else uuid.uuid4().hex
         request_id_var.set(request_id)
-        job_id_var.set(None)
+        job_id_var.set(None)  # set by admission: the access line names the job a submission created
         tenant_var.set(None)
+        traceparent_var.set(valid_traceparent(traceparent))
         id_header = (b"x-request-id", request_id.encode())
         status_code: int | None = None  # until the response starts
         started = time.perf_counter()
@@ -91,7 +97,7 @@ class GatewayMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            self._observe(template, method, status_code, elapsed)
+            self._observe(template, method, status_code, elapsed, held_mode(template, prefer))
             # The path only: query strings can carry URL signatures.
             access_log.info(
                 "%s %s %d",
@@ -124,18 +130,38 @@ class GatewayMiddleware:
             receive = _counting(receive, limit)
         await self.app(scope, receive, send)
 
-    def _observe(self, template: str, method: str, status_code: int, elapsed: float) -> None:
+    def _observe(
+        self, template: str, method: str, status_code: int, elapsed: float, held: str | None
+    ) -> None:
         counter = self._counters.get((template, method, status_code))
         if counter is None:
             counter = metrics.HTTP_REQUESTS.labels(route=template, method=method, status=str(status_code))
             self._counters[(template, method, status_code)] = counter
+        counter.inc()
+        if held is not None:  # waiting on a job is not latency: its own histogram
+            metrics.HTTP_HELD_DURATION.labels(route=template, method=method, mode=held).observe(elapsed)
+            return
         timer = self._timers.get((template, method))
         if timer is None:
             timer = self._timers[(template, method)] = metrics.HTTP_DURATION.labels(
                 route=template, method=method
             )
-        counter.inc()
         timer.observe(elapsed)
+
+
+# Routes that answer only when a job is done, or stream until it is.
+_HELD_ROUTES = {"/v1/images/generations": "wait", "/v1/jobs/{job_id}/events": "stream"}
+
+
+def held_mode(template: str, prefer: bytes | None) -> str | None:
+    """`wait` or `stream` for a request held open on purpose (`Prefer: wait` without `respond-async`, the
+    synchronous OpenAI route, an event stream); None for an ordinary one."""
+    mode = _HELD_ROUTES.get(template)
+    if mode is not None:
+        return mode
+    if prefer is not None and b"wait" in prefer.lower() and b"respond-async" not in prefer.lower():
+        return "wait"
+    return None
 
 
 def _counting(receive: Receive, limit: int) -> Receive:

@@ -6,14 +6,15 @@ thread pool) or through `run_in_threadpool`.
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import urljoin
 
 from fastapi import Request
 
-from core.contract import Job, JobKind, JobStatus, dataset_key, job_prefix
+from core.contract import Job, JobKind, JobLinks, JobStatus, dataset_key, job_prefix
 from core.jobstore import JobRecords
 from core.lifecycle import record_terminal
-from core.storage import presign_outputs
+from core.storage import Storage, presign_outputs
 from service.auth import Principal
 from service.deps import Services, missing_scope
 from service.problems import ProblemError, not_found
@@ -28,8 +29,10 @@ def presenting_blocks(job: Job) -> bool:
 
 
 def present_job(job: Job, services: Services, request: Request) -> Job:
-    """Outputs as presigned URLs (absolute), and the queue position of a queued job (looked up unless the
-    job was read with it: `JobStore.fetch`, admission)."""
+    """Outputs as presigned URLs (absolute) or, for `response_format: b64_json`, as base64 bytes, and the
+    queue position of a queued job (looked up unless the job was read with it: `JobStore.fetch`, admission)."""
+    if job.outputs and job.request.get("response_format") == "b64_json":
+        return with_links(inline_outputs(job, services.storage))
     job = presign_outputs(job, services.storage, services.settings.storage.presign_expiry_s)
     if job.outputs and any(o.url and o.url.startswith("/") for o in job.outputs):
         base = str(request.base_url)
@@ -45,7 +48,29 @@ def present_job(job: Job, services: Services, request: Request) -> Job:
         )
     if job.status is JobStatus.queued and job.queue_position is None:
         job = job.model_copy(update={"queue_position": services.store.queue_position(job.id)})
-    return job
+    return with_links(job)
+
+
+def with_links(job: Job) -> Job:
+    """The job with `links`: where to read, cancel and follow it, and its images (like fal's status, cancel and
+    response URLs)."""
+    base = f"/v1/jobs/{job.id}"
+    links = JobLinks(
+        self=base,
+        cancel=f"{base}/cancel",
+        events=f"{base}/events",
+        outputs=[o.url for o in job.outputs if o.url],
+    )
+    return job.model_copy(update={"links": links})
+
+
+def inline_outputs(job: Job, storage: Storage) -> Job:
+    """The job with each output's image bytes in `b64_json` (and no URL), read from storage."""
+    outputs = [
+        o.model_copy(update={"b64_json": base64.b64encode(storage.get_bytes(o.key)).decode(), "url": None})
+        for o in job.outputs
+    ]
+    return job.model_copy(update={"outputs": outputs})
 
 
 def owned_job(jobs: JobRecords, tenant: str, job_id: str, kind: JobKind | None = None) -> Job:

@@ -15,6 +15,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.jobstore import IdempotencyConflict, InflightLimitExceeded, InvalidTransition, JobNotFound
@@ -25,6 +26,45 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:fae-serve:problem:"
+# One title per status code (RFC 9110's names): a client may show or switch on it; `type` says which problem.
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class FieldError(BaseModel):
+    loc: list[str] = Field(description='Where: `["body", "n"]`, `["query", "limit"]`...')
+    msg: str
+    type: str = Field(description="Machine-readable kind, e.g. `less_than_equal`, `extra_forbidden`.")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error this API answers (`application/problem+json`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="`urn:fae-serve:problem:<slug>` (or `about:blank`): what went wrong.")
+    title: str = Field(description="The status code's name: one title per status.")
+    status: int
+    detail: str = Field(description="What happened and what to do, for a person.")
+    instance: str | None = None
+    request_id: str | None = Field(default=None, description="The `X-Request-ID` to quote when reporting it.")
+    errors: list[FieldError] | None = Field(default=None, description="422: each invalid field.")
+    retry_after: int | None = Field(
+        default=None, description="429 and 503: seconds to wait (also `Retry-After`)."
+    )
 
 
 def problem_type(slug: str | None) -> str:
@@ -38,9 +78,11 @@ def problem_body(
     slug: str | None = None,
     **extensions: Any,
 ) -> dict[str, Any]:
+    """The problem JSON. `title` only stands in for a missing `detail`: the answer's title is the status code's
+    (`TITLES`), whoever raised it."""
     body: dict[str, Any] = {
         "type": problem_type(slug),
-        "title": title or _phrase(status),
+        "title": _phrase(status),
         "status": status,
         "detail": detail or title or _phrase(status),
     }
@@ -108,10 +150,30 @@ def too_many_requests(detail: str, retry_after_s: float, slug: str = "rate-limit
 
 
 def _phrase(status: int) -> str:
+    if status in TITLES:
+        return TITLES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def invalid_json(document: Any, position: int, reason: str) -> ProblemError:
+    """400 for a body that does not parse as JSON, naming where (line and column, 1-based, and the offset)."""
+    raw = document if isinstance(document, bytes | bytearray) else None
+    text = raw.decode("utf-8", "replace") if raw is not None else str(document or "")
+    position = max(0, min(position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    detail = f"the body is not valid JSON: {reason} at line {line}, column {column} (char {position})"
+    return ProblemError(400, None, detail, "invalid-json", line=line, column=column, position=position)
+
+
+def unsupported_media_type(sent: str | None, expected: str) -> ProblemError:
+    got = f"Content-Type {sent!r}" if sent else "no Content-Type"
+    return ProblemError(
+        415, None, f"send the body as {expected} (this request has {got})", "unsupported-media-type"
+    )
 
 
 def _field_errors(errors: Any) -> list[dict[str, Any]]:
@@ -135,6 +197,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        json_error = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if json_error is not None:
+            position = json_error["loc"][-1]
+            reason = json_error.get("ctx", {}).get("error", "invalid JSON")
+            return invalid_json(exc.body, position if isinstance(position, int) else 0, reason).response()
+        if isinstance(exc.body, bytes | bytearray):
+            # FastAPI leaves the body unparsed unless Content-Type is JSON: the caller sent the wrong type.
+            return unsupported_media_type(request.headers.get("content-type"), "application/json").response()
         errors = _field_errors(exc.errors())
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(part for part in first["loc"] if part != "body") or "request"

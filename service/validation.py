@@ -8,10 +8,10 @@ from typing import Any
 
 from core.contract import GenerateRequest
 from core.jobstore import AdapterRegistry
-from core.settings import WebhookSettings
+from core.settings import ProvenanceSettings, WebhookSettings
 from core.webhooks import WebhookURLRefused, check_webhook_url
 from service.catalog import ModelCatalog, ModelInfo
-from service.problems import ProblemError
+from service.problems import ProblemError, invalid_json
 
 
 def invalid(field: str, message: str) -> ProblemError:
@@ -34,6 +34,18 @@ def parse_json(raw: str | bytes, field: str) -> Any:
         raise invalid(field, "is not valid JSON (or nests too deeply)") from exc
 
 
+def parse_json_body(raw: bytes) -> Any:
+    """A JSON request body parsed by hand (a route that also takes other media types): 400 naming where it
+    stops parsing."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise invalid_json(exc.doc, exc.pos, exc.msg) from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, or deeper than the parser follows
+        detail = "the body does not parse as JSON (not UTF-8 text, or nested too deeply)"
+        raise ProblemError(400, None, detail, "invalid-json") from exc
+
+
 def resolve_model(models: ModelCatalog, name: str | None) -> ModelInfo:
     model = models.resolve(name)
     if model is not None:
@@ -53,6 +65,8 @@ def check_condition(body: GenerateRequest, model: ModelInfo) -> None:
             raise invalid("class_label", f"model {model.name!r} needs a class_label{classes}")
         if model.num_classes is not None and body.class_label >= model.num_classes:
             raise invalid("class_label", f"{body.class_label} is out of range for {model.name!r}{classes}")
+        if body.negative_prompt is not None:
+            raise invalid("negative_prompt", f"model {model.name!r} is class-conditional: it takes no text")
     elif model.condition_type == "text":
         if body.class_label is not None:
             raise invalid("class_label", f"model {model.name!r} takes a text prompt, not class_label")
@@ -71,6 +85,17 @@ def check_adapter(adapters: AdapterRegistry, tenant: str, body: GenerateRequest,
     if record.model != model.name:
         raise invalid(
             "adapter", f"adapter {body.adapter!r} was trained for model {record.model!r}, not {model.name!r}"
+        )
+
+
+def check_watermark(tenant: str, body: GenerateRequest, provenance: ProvenanceSettings) -> None:
+    """`watermark: false` only for the tenants the operator allows (FAE_WATERMARK_OPT_OUT_TENANTS)."""
+    if not body.watermark and tenant not in provenance.opt_out_tenants():
+        raise ProblemError(
+            403,
+            "Forbidden",
+            "watermark: this API key may not turn the watermark off (the operator allows it per tenant)",
+            slug="watermark-required",
         )
 
 

@@ -19,6 +19,7 @@ from core.storage import StorageUnavailable
 from core.tasks import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
 from worker.jobs import execute_job
 from worker.jobs.webhook import attempt_delivery
+from worker.model_versions import ModelVersionUnavailable
 from worker.runtime import WorkerRuntime
 
 app = make_celery(get_settings(), name="fae-worker")
@@ -41,9 +42,10 @@ def runtime() -> WorkerRuntime:
 
 # A job store or object storage outage before a job starts must not lose the message (the job would stay
 # queued, holding its tenant's in-flight slot, until it expires): such a task is sent again with backoff for as
-# long as the outage lasts. Failures once the job runs are recorded on the job.
+# long as the outage lasts; so is a job pinned to a model version this worker does not hold (worker/model_versions.py).
+# Failures once the job runs are recorded on the job.
 _STORE_OUTAGE = {
-    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StorageUnavailable),
+    "autoretry_for": (redis.ConnectionError, redis.TimeoutError, StorageUnavailable, ModelVersionUnavailable),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": None,
@@ -61,13 +63,13 @@ def finetune(job_id: str) -> None:
 
 
 @app.task(name=TASK_WEBHOOK, ignore_result=True, **_STORE_OUTAGE)
-def webhook(job_id: str, attempt: int = 1) -> None:
+def webhook(job_id: str, attempt: int = 1, event: str | None = None) -> None:
     rt = runtime()
     assert rt.store is not None and rt.storage is not None
     with bind(job_id=job_id):
-        retry_in = attempt_delivery(job_id, attempt, rt.store, rt.storage, rt.settings)
+        retry_in = attempt_delivery(job_id, attempt, rt.store, rt.storage, rt.settings, event)
     if retry_in is not None:
-        send_webhook_task(app, job_id, attempt + 1, countdown_s=retry_in)
+        send_webhook_task(app, job_id, attempt + 1, countdown_s=retry_in, event=event)
 
 
 @signals.worker_init.connect

@@ -38,7 +38,7 @@ class InProcessJobQueue(JobQueue):
         self.settings, self.store, self.storage = settings, store, storage
         self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._waiting: collections.Counter[str] = collections.Counter()
-        self._webhooks: list[tuple[float, int, str]] = []  # heap of (due, attempt, job id)
+        self._webhooks: list[tuple[float, int, str, str]] = []  # heap of (due, attempt, job id, event or "")
         self._webhook_wakeup = threading.Condition()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -57,6 +57,10 @@ class InProcessJobQueue(JobQueue):
     def notify_terminal(self, job: Job) -> None:
         if job.webhook_url:
             self.schedule_webhook(job.id, attempt=1, delay_s=0.0)
+
+    def notify_event(self, job: Job, event: str) -> None:
+        if job.webhook_url:
+            self.schedule_webhook(job.id, attempt=1, delay_s=0.0, event=event)
 
     def depth(self, queue_name: str) -> int:
         with self._lock:
@@ -110,6 +114,7 @@ class InProcessJobQueue(JobQueue):
                 self.settings,
                 worker_id=make_worker_id(),
                 on_terminal=self.notify_terminal,
+                on_event=self.notify_event,
             )
             metrics.WORKER_READY.set(1)
         except Exception:
@@ -137,9 +142,10 @@ class InProcessJobQueue(JobQueue):
                 log.exception("embedded job execution raised", extra={"job_id": job_id})
 
     # --- the webhook thread ---------------------------------------------------------------------------
-    def schedule_webhook(self, job_id: str, attempt: int, delay_s: float) -> None:
+    def schedule_webhook(self, job_id: str, attempt: int, delay_s: float, event: str | None = None) -> None:
+        """One delivery attempt of the job's `event` (None: its terminal status) after `delay_s`."""
         with self._webhook_wakeup:
-            heapq.heappush(self._webhooks, (time.monotonic() + delay_s, attempt, job_id))
+            heapq.heappush(self._webhooks, (time.monotonic() + delay_s, attempt, job_id, event or ""))
             self._webhook_wakeup.notify()
 
     def _run_webhooks(self) -> None:
@@ -148,12 +154,14 @@ class InProcessJobQueue(JobQueue):
                 if not self._webhooks:
                     self._webhook_wakeup.wait()
                     continue
-                due, attempt, job_id = self._webhooks[0]
+                due, attempt, job_id, event = self._webhooks[0]
                 wait_s = due - time.monotonic()
                 if wait_s > 0:
                     self._webhook_wakeup.wait(wait_s)
                     continue
                 heapq.heappop(self._webhooks)
-            retry_in = attempt_delivery(job_id, attempt, self.store, self.storage, self.settings)
+            retry_in = attempt_delivery(
+                job_id, attempt, self.store, self.storage, self.settings, event or None
+            )
             if retry_in is not None:
-                self.schedule_webhook(job_id, attempt + 1, retry_in)
+                self.schedule_webhook(job_id, attempt + 1, retry_in, event or None)

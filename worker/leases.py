@@ -20,6 +20,7 @@ from core import metrics
 from core.contract import Job, JobStatus
 from core.jobstore import InvalidTransition, JobStore
 from core.lifecycle import dead_letter
+from core.logs import bind
 from core.settings import Settings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -89,29 +90,39 @@ def reap_once(
             job = store.get(job_id)
             if job is None or job.status is not JobStatus.running:
                 continue
-            deliveries = max(job.attempts, 1)
-            if deliveries >= settings.max_deliveries:  # each delivery died: no more
-                final = dead_letter(store, job, deliveries, settings.max_deliveries)
-                report.dead_lettered.append(job_id)
-                if on_terminal is not None and final is not None and final.status.terminal:
-                    on_terminal(final)
-                continue
-            try:
-                queued = store.transition(job_id, JobStatus.queued)
-            except InvalidTransition:  # it finished or was requeued since we looked
-                continue
-            metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="worker_lost").inc()
-            requeue(queued)
-            report.requeued.append(job_id)
-            log.warning(
-                "worker lost: job requeued",
-                extra={"job_id": job_id, "tenant": job.tenant, "deliveries": deliveries},
-            )
+            with bind(job_id=job.id, tenant=job.tenant, request_id=job.request_id):  # the job's log context
+                _reap(store, settings, job, requeue, on_terminal, report)
         store.prune_inflight()  # jobs that expired unfinished: off the gateway's admission path
     finally:
         if lock is not None:
             lock.release()
     return report
+
+
+def _reap(
+    store: JobStore,
+    settings: WorkerSettings,
+    job: Job,
+    requeue: Callable[[Job], None],
+    on_terminal: Callable[[Job], None] | None,
+    report: ReapReport,
+) -> None:
+    """Requeue one running job whose lease ran out, or dead-letter it once every delivery died."""
+    deliveries = max(job.attempts, 1)
+    if deliveries >= settings.max_deliveries:  # each delivery died: no more
+        final = dead_letter(store, job, deliveries, settings.max_deliveries)
+        report.dead_lettered.append(job.id)
+        if on_terminal is not None and final is not None and final.status.terminal:
+            on_terminal(final)
+        return
+    try:
+        queued = store.transition(job.id, JobStatus.queued)
+    except InvalidTransition:  # it finished or was requeued since we looked
+        return
+    metrics.JOB_FAILURES.labels(kind=job.kind.value, reason="worker_lost").inc()
+    requeue(queued)
+    report.requeued.append(job.id)
+    log.warning("worker lost: job requeued", extra={"deliveries": deliveries})
 
 
 class RedisLock:

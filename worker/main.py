@@ -30,6 +30,10 @@ def run_worker(settings: Settings, queues: Sequence[str]) -> int:
     warmed before the consumer starts (see ``worker.celery_app``). A worker for ``webhooks`` alone loads no model.
     """
     chosen = check_queues(queues)
+    if "generate" in chosen:  # refuse to start (FAE_C2PA_WITHOUT_SIGNER=refuse) before loading anything
+        from worker.provenance import provenance_for
+
+        provenance_for(settings.provenance)
     from worker import celery_app
 
     celery_app.configure(settings)

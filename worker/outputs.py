@@ -30,16 +30,16 @@ def upload_images(
     storage: Storage,
     tenant: str,
     job_id: str,
-    images: list[Any],
+    encoded: list[tuple[bytes, str]],
     seeds: list[int],
     output_format: str,
     retry_s: float,
 ) -> list[JobOutput]:
-    """Encode and store every image; a redelivered job writes the same keys, overwriting its own outputs.
+    """Store every encoded image (bytes, content type); a redelivered job writes the same keys, overwriting
+    its own outputs.
 
-    The images are encoded once and kept while storage is retried (for up to `retry_s`), so a short storage
-    outage costs a wait, never the denoising work."""
-    encoded = [encode_image(image, output_format) for image in images]
+    The images were encoded (and signed, worker/provenance.py) once and are kept while storage is retried (for
+    up to `retry_s`), so a short storage outage costs a wait, never the denoising work."""
     outputs = []
     for index, ((data, content_type), seed) in enumerate(zip(encoded, seeds, strict=True)):
         key = output_key(tenant, job_id, index, output_format)

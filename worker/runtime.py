@@ -20,6 +20,7 @@ from worker.engine import Engine, load_and_warm
 from worker.http import WorkerHTTPServer
 from worker.jobs.common import JobContext, make_worker_id
 from worker.leases import Reaper, reaper_lock, retention_claim
+from worker.provenance import provenance_for
 from worker.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class WorkerRuntime:
         self.store = make_job_store(settings)
         self.storage = make_storage(settings)
         self.sender = CeleryJobQueue(settings)
+        if "generate" in self.queues:  # the signer first: a worker without one refuses before loading a model
+            provenance_for(settings.provenance)
         if MODEL_QUEUES & set(self.queues):
             self.engine = load_and_warm(settings.engine, settings.catalog)
             self.jobs = JobContext(
@@ -64,6 +67,7 @@ class WorkerRuntime:
                 settings,
                 worker_id=self.worker_id,
                 on_terminal=self.sender.notify_terminal,
+                on_event=self.sender.notify_event,
             )
         self.reaper = Reaper(
             self.store,

@@ -14,6 +14,8 @@ from core.jobstore.base import (
     JobStore,
     JobStoreError,
     LeaseBook,
+    WatermarkIndex,
+    WebhookSecretBook,
     body_hash,
 )
 from core.jobstore.memory_store import MemoryJobStore
@@ -34,6 +36,8 @@ __all__ = [
     "LeaseBook",
     "MemoryJobStore",
     "RedisJobStore",
+    "WatermarkIndex",
+    "WebhookSecretBook",
     "body_hash",
     "make_job_store",
 ]

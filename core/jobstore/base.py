@@ -1,7 +1,7 @@
 """The job store's roles, its errors, and the rules both backends share.
 
-The store is the composition of four roles (`JobRecords`, `LeaseBook`, `AdapterRegistry`, `JobEventBus`)
-plus what spans them, admission (rate budget, limits, storing and queueing in one step); callers that need
+The store is the composition of five roles (`JobRecords`, `LeaseBook`, `AdapterRegistry`, `WebhookSecretBook`,
+`JobEventBus`) plus what spans them, admission (rate budget, limits, storing and queueing in one step); callers that need
 one role can be typed with it. A backend only decides *where* records
 live and how a change is made atomic: what a transition does to a job (timestamps, attempts, the refusal to
 go backwards), how a cancel request lands, and what dead-lettering does are defined once here, on top of
@@ -30,6 +30,7 @@ from core.contract import (
     JobKind,
     JobStatus,
     Progress,
+    WebhookSecretRecord,
     can_transition,
 )
 from core.settings import LimitsSettings
@@ -383,6 +384,29 @@ class AdapterRegistry(abc.ABC):
     def delete_adapter(self, tenant: str, adapter_id: str) -> bool: ...
 
 
+class WebhookSecretBook(abc.ABC):
+    """Rotated webhook secrets per tenant (a tenant that never rotated has none: its secret is configured or
+    derived, see `core.webhooks.secret_for_tenant`)."""
+
+    @abc.abstractmethod
+    def get_webhook_secrets(self, tenant: str) -> WebhookSecretRecord | None: ...
+
+    @abc.abstractmethod
+    def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None: ...
+
+
+class WatermarkIndex(abc.ABC):
+    """Which job's output carries a watermark payload, per tenant (verify looks payloads up only in the
+    caller's own tenant). Entries live as long as job records (`job_ttl_s`)."""
+
+    @abc.abstractmethod
+    def put_watermark(self, tenant: str, payload: str, job_id: str, index: int) -> None: ...
+
+    @abc.abstractmethod
+    def find_watermark(self, tenant: str, payload: str) -> tuple[str, int] | None:
+        """(job id, output index) of the tenant's output with this payload, else None."""
+
+
 class JobEventBus(abc.ABC):
     """Change notifications of single jobs (event streams and `Prefer: wait` follow them); every state change
     the store writes publishes one, so there is nothing to publish from outside."""
@@ -391,7 +415,7 @@ class JobEventBus(abc.ABC):
     def subscribe(self, job_id: str) -> JobEvents: ...
 
 
-class JobStore(JobRecords, LeaseBook, AdapterRegistry, JobEventBus):
+class JobStore(JobRecords, LeaseBook, AdapterRegistry, WebhookSecretBook, WatermarkIndex, JobEventBus):
     """All roles over one backend, plus the rules that need more than one of them."""
 
     @abc.abstractmethod

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
+from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus, WebhookSecretRecord
 from core.jobstore.base import (
     AdapterRegistry,
     Admission,
@@ -25,6 +25,8 @@ from core.jobstore.base import (
     JobRecords,
     JobStore,
     LeaseBook,
+    WatermarkIndex,
+    WebhookSecretBook,
     gcra,
     key_digest,
     kind_value,
@@ -55,6 +57,9 @@ class _MemoryState:
         self._dead: dict[str, DeadLetter] = {}
         self._rate_tat: dict[str, float] = {}
         self._adapters: dict[str, dict[str, AdapterRecord]] = {}
+        self._webhook_secrets: dict[str, WebhookSecretRecord] = {}
+        # (tenant, watermark payload) -> (job id, output index, monotonic deadline)
+        self._watermarks: dict[tuple[str, str], tuple[str, int, float]] = {}
         self._subscribers: dict[str, set[_MemoryJobEvents]] = {}
         self._seq = 0
 
@@ -303,6 +308,33 @@ class MemoryAdapterRegistry(_MemoryState, AdapterRegistry):
             return self._adapters.get(tenant, {}).pop(adapter_id, None) is not None
 
 
+class MemoryWebhookSecretBook(_MemoryState, WebhookSecretBook):
+    def get_webhook_secrets(self, tenant: str) -> WebhookSecretRecord | None:
+        with self._lock:
+            return self._webhook_secrets.get(tenant)
+
+    def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None:
+        with self._lock:
+            self._webhook_secrets[tenant] = record
+
+
+class MemoryWatermarkIndex(_MemoryState, WatermarkIndex):
+    def put_watermark(self, tenant: str, payload: str, job_id: str, index: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            # Now and then (every 1024 entries past 4096), drop the expired ones.
+            if len(self._watermarks) >= 4096 and len(self._watermarks) & 1023 == 0:
+                self._watermarks = {k: v for k, v in self._watermarks.items() if v[2] >= now}
+            self._watermarks[(tenant, payload)] = (job_id, index, now + self.limits.job_ttl_s)
+
+    def find_watermark(self, tenant: str, payload: str) -> tuple[str, int] | None:
+        with self._lock:
+            found = self._watermarks.get((tenant, payload))
+            if found is None or found[2] < time.monotonic():
+                return None
+            return found[0], found[1]
+
+
 class MemoryJobEventBus(_MemoryState, JobEventBus):
     def subscribe(self, job_id: str) -> JobEvents:
         return _MemoryJobEvents(self, job_id)
@@ -318,7 +350,15 @@ class MemoryJobEventBus(_MemoryState, JobEventBus):
                     del self._subscribers[job_id]
 
 
-class MemoryJobStore(MemoryJobRecords, MemoryLeaseBook, MemoryAdapterRegistry, MemoryJobEventBus, JobStore):
+class MemoryJobStore(
+    MemoryJobRecords,
+    MemoryLeaseBook,
+    MemoryAdapterRegistry,
+    MemoryWebhookSecretBook,
+    MemoryWatermarkIndex,
+    MemoryJobEventBus,
+    JobStore,
+):
     async def admit(
         self,
         tenant: str,

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus
+from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus, WebhookSecretRecord
 from core.jobstore.base import (
     AdapterRegistry,
     Admission,
@@ -40,6 +40,8 @@ from core.jobstore.base import (
     JobStore,
     LeaseBook,
     RateBudget,
+    WatermarkIndex,
+    WebhookSecretBook,
     key_digest,
     kind_value,
     list_score,
@@ -329,12 +331,43 @@ class RedisAdapterRegistry(_RedisBackend, AdapterRegistry):
         return bool(self._redis.hdel(self._k("adapters", tenant), adapter_id))
 
 
+class RedisWebhookSecretBook(_RedisBackend, WebhookSecretBook):
+    def get_webhook_secrets(self, tenant: str) -> WebhookSecretRecord | None:
+        raw = self._redis.hget(self._k("webhook-secrets"), tenant)
+        return WebhookSecretRecord.model_validate_json(raw) if raw is not None else None
+
+    def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None:
+        self._redis.hset(self._k("webhook-secrets"), tenant, record.model_dump_json())
+
+
+class RedisWatermarkIndex(_RedisBackend, WatermarkIndex):
+    """`wm:<tenant>:<payload>` → `job id:index`, expiring with the job record."""
+
+    def put_watermark(self, tenant: str, payload: str, job_id: str, index: int) -> None:
+        self._redis.set(self._k("wm", tenant, payload), f"{job_id}:{index}", ex=self.limits.job_ttl_s)
+
+    def find_watermark(self, tenant: str, payload: str) -> tuple[str, int] | None:
+        raw = self._redis.get(self._k("wm", tenant, payload))
+        if raw is None:
+            return None
+        job_id, _, index = (raw.decode() if isinstance(raw, bytes) else raw).rpartition(":")
+        return job_id, int(index)
+
+
 class RedisJobEventBus(_RedisBackend, JobEventBus):
     def subscribe(self, job_id: str) -> JobEvents:
         return _RedisJobEvents(self.redis_settings.url, self._k("events", job_id))
 
 
-class RedisJobStore(RedisJobRecords, RedisLeaseBook, RedisAdapterRegistry, RedisJobEventBus, JobStore):
+class RedisJobStore(
+    RedisJobRecords,
+    RedisLeaseBook,
+    RedisAdapterRegistry,
+    RedisWebhookSecretBook,
+    RedisWatermarkIndex,
+    RedisJobEventBus,
+    JobStore,
+):
     async def _async(self) -> tuple[aioredis.Redis, Any, Any]:
         """The asyncio client of the running loop (a gateway process has one loop; tests may run several)."""
         loop = asyncio.get_running_loop()

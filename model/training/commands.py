@@ -20,7 +20,10 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--preset", help="start from a new randomly initialised model of this preset")
     source.add_argument("--model", type=Path, help="start from this model directory")
     train.add_argument(
-        "--data", required=True, type=Path, help="folder or .zip of images (captions optional)"
+        "--data",
+        required=True,
+        type=Path,
+        help="folder or .zip of images (captions optional), or a folder of tar shards from `fae pack-shards`",
     )
     train.add_argument(
         "--out", required=True, type=Path, help="model directory to write (rewritten per stage)"
@@ -38,16 +41,54 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--work-dir", type=Path, help="checkpoints and caches (default: OUT.work beside OUT)")
     train.add_argument("--cache-dir", type=Path, help="feature/latent cache, shareable between runs")
     train.add_argument("--kl-weight", type=float, default=1e-4, help="stage Ia: β, per latent element")
+    train.add_argument("--noise-sigma", type=float, default=0.4, help="stage Ib: feature noise σ")
     train.add_argument(
-        "--noise-sigma", type=float, default=0.4, help="stage Ib: noise σ relative to token RMS"
+        "--noise-scale",
+        choices=["absolute", "token-rms"],
+        help="stage Ib: σ absolute (the paper's, for DINOv2) or times each token's RMS "
+        "(default: absolute for the paper presets, token-rms otherwise)",
     )
     train.add_argument("--perceptual-weight", type=float, default=1.0)
-    train.add_argument("--adversarial-weight", type=float, default=0.0, help="stage Ib GAN term (0 = off)")
+    train.add_argument(
+        "--adversarial-weight",
+        type=float,
+        help="stages Ib/ib-recon hinge-GAN term, times the adaptive weight (0 = off; default: 0.75 for a new "
+        "paper or demo model, else off)",
+    )
+    train.add_argument(
+        "--adversarial-start", type=int, help="step at which the GAN term starts (default: half the steps)"
+    )
+    train.add_argument(
+        "--discriminator",
+        default="encoder",
+        choices=["encoder", "patch"],
+        help="encoder: a head on the frozen encoder's features; patch: a pixel PatchGAN",
+    )
+    train.add_argument(
+        "--feature-source",
+        default="auto",
+        choices=["auto", "cache", "stream"],
+        help="stages I on shards: cache the encoder's features, or stream the shards and run the encoder online; "
+        "auto streams when the cache would pass --cache-budget-gb",
+    )
+    train.add_argument("--cache-budget-gb", type=float, default=200.0, help="the feature cache's size budget")
+    train.add_argument("--prefetch", type=int, default=4, help="streamed batches read ahead")
     train.add_argument("--ema-decay", type=float, default=0.9999, help="stage II")
     train.add_argument("--condition-dropout", type=float, default=0.1, help="stage II, for guidance")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(handler=train_command)
+
+    pack = sub.add_parser(
+        "pack-shards",
+        help="pack a folder of images (captions, labels) into tar shards that `fae train --data` streams",
+    )
+    pack.add_argument("--images", required=True, type=Path, help="the dataset folder")
+    pack.add_argument(
+        "--out", required=True, type=Path, help="folder to create for the shards and index.json"
+    )
+    pack.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    pack.set_defaults(handler=pack_shards_command)
 
     finetune = sub.add_parser("finetune", help="fine-tune a LoRA adapter on 10-1000 brand images")
     finetune.add_argument("--base", required=True, type=Path, help="the base model directory")
@@ -89,10 +130,16 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         kl_weight=args.kl_weight,
         noise_sigma=args.noise_sigma,
+        noise_scale=args.noise_scale,
         perceptual_weight=args.perceptual_weight,
         adversarial_weight=args.adversarial_weight,
+        adversarial_start=args.adversarial_start,
+        discriminator=args.discriminator,
         ema_decay=args.ema_decay,
         condition_dropout=args.condition_dropout,
+        feature_source=args.feature_source,
+        feature_cache_budget_gb=args.cache_budget_gb,
+        prefetch_batches=args.prefetch,
     )
     report = train(
         data=args.data,
@@ -117,9 +164,18 @@ def train_command(args: argparse.Namespace) -> int:
                 continue
             print(
                 f"stage {name}: loss {stage['loss_start']:.4f} -> {stage['loss_end']:.4f} "
-                f"({stage['steps']} steps, {stage['images_per_s']:.0f} images/s)"
+                f"({stage['steps']} steps, {stage['images_per_s']:.0f} images/s"
+                + (f", features: {stage['feature_source']})" if "feature_source" in stage else ")")
             )
         print(f"wrote the model to {report['out_dir']}")
+    return 0
+
+
+def pack_shards_command(args: argparse.Namespace) -> int:
+    from ..shards import pack_shards
+
+    dataset = pack_shards(args.images, args.out, images_per_shard=args.shard_size)
+    print(f"packed {len(dataset)} images into {len(dataset.shards)} shards in {args.out}")
     return 0
 
 

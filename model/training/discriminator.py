@@ -1,4 +1,5 @@
-"""A small patch discriminator and hinge losses for the optional adversarial term of stage Ib."""
+"""Discriminators and hinge losses for the adversarial term of stages Ib and ib-recon: a head on the frozen
+encoder's features (the default) or a small pixel-space PatchGAN, and the adaptive weight that balances them."""
 
 from __future__ import annotations
 
@@ -34,3 +35,45 @@ def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
 
 def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
+
+
+class EncoderFeatureDiscriminator(nn.Module):
+    """A small trainable head on the frozen encoder's patch tokens (B×N×D → one real/fake logit per token).
+
+    The frozen encoder is the discriminator's backbone, as RAE's frozen-DINO discriminator is, so nothing is
+    downloaded: real tokens are the cached features of the target images, and fake tokens are the encoder's
+    features of the decoded images, which the perceptual term computes anyway. The encoder is not a submodule
+    (it stays frozen and out of this head's optimiser); the generator's gradient flows through it."""
+
+    def __init__(self, feature_dim: int, grid_size: int, width: int = 128) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.norm = nn.LayerNorm(feature_dim)
+        self.proj = nn.Linear(feature_dim, width)
+        # spatial mixing over the token grid: a patch is judged together with its neighbours
+        self.mix = nn.Sequential(
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.GroupNorm(8, width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 1, 1),
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.proj(self.norm(tokens))  # B×N×W
+        grid = h.transpose(1, 2).reshape(h.shape[0], h.shape[2], self.grid_size, self.grid_size)
+        return self.mix(grid)
+
+
+def adaptive_weight(
+    reconstruction_loss: torch.Tensor,
+    adversarial_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    max_weight: float = 1e4,
+) -> torch.Tensor:
+    """VQGAN's balance: ‖∇_W L_rec‖ / ‖∇_W L_adv‖ at the decoder's last layer W, so that the adversarial
+    gradient starts at the reconstruction gradient's size whatever the losses' scales (detached, capped)."""
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    weight = rec_grad.norm() / (adv_grad.norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()

@@ -37,6 +37,7 @@ from .generator import ClassConditions, GeneratorTask, TextConditions
 from .progress import CancelCheck, TrainingProgressCallback
 from .train_loop import LoopOptions, derive_seed, run_loop
 
+# Kept equal to core.contract.FINETUNE_MIN_IMAGES and FINETUNE_MAX_IMAGES (the gateway refuses other datasets).
 FINETUNE_MIN_IMAGES = 10
 FINETUNE_MAX_IMAGES = 1000
 FINETUNE_MAX_STEPS = (

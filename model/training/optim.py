@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import fixed_parameter_names
 from .train_loop import lr_multiplier
 
 
@@ -66,6 +67,13 @@ class Optimization:
 
 
 def trainable(module: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
-    """All parameters of `module` set to train, named `prefix.name`."""
+    """All parameters of `module` set to train, named `prefix.name`; fixed position tables stay frozen."""
     module.train().requires_grad_(True)
-    return [(f"{prefix}.{name}", p) for name, p in module.named_parameters()]
+    fixed = fixed_parameter_names(module)
+    named = []
+    for name, p in module.named_parameters():
+        if name in fixed:
+            p.requires_grad_(False)
+        else:
+            named.append((f"{prefix}.{name}", p))
+    return named

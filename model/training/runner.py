@@ -12,15 +12,22 @@ from typing import Any
 
 import torch
 
-from ..data import open_image_dataset
 from ..devices import resolve_device
 from ..errors import InvalidInputError
 from ..fingerprint import json_fingerprint
 from ..io import write_directory_atomically
 from ..latent_cache import LatentCache
 from ..pipeline import FAEPipeline
+from ..shards import ShardedDataset, open_training_dataset
 from .autoencoder import FeatureAutoencoderTask, PixelDecoderTask
 from .config import STAGES, TrainConfig
+from .feature_source import (
+    CachedBatches,
+    ShardOrder,
+    StreamedBatches,
+    choose_feature_source,
+    feature_cache_bytes,
+)
 from .generator import ClassConditions, GeneratorTask, TextConditions
 from .optim import trainable
 from .progress import CancelCheck, TrainingProgressCallback
@@ -101,13 +108,13 @@ def train(
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train `stage` ("ia", "ib", "ib-recon", "ii" or "all") and write the model to `out_dir`; returns a report."""
-    config = config or TrainConfig()
+    config = (config or TrainConfig()).for_preset(preset)
     stages = stage_list(stage, config)
     out_dir = check_model_destination(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(f"{out_dir.name}.work")
     torch_device = resolve_device(device)
     pipe = load_training_pipeline(preset, model_dir, config.seed, torch_device)
-    dataset = open_image_dataset(Path(data), min_images=1, extract_dir=work_dir / "dataset")
+    dataset = open_training_dataset(Path(data), min_images=1, extract_dir=work_dir / "dataset")
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else work_dir / "cache")
     report: dict[str, Any] = {"dataset": dataset.report(), "stages": {}, "out_dir": str(out_dir)}
     for name, steps in stages:
@@ -126,8 +133,14 @@ def train(
         task, cache_hit = _make_task(
             name, pipe, dataset, cache, stage_config, torch_device, new_model=preset is not None
         )
-        result = run_loop(task, options, torch_device)
+        try:
+            result = run_loop(task, options, torch_device)
+        finally:
+            if hasattr(task, "features"):
+                task.features.close()  # a streamed source's reader thread, also when a stage fails
         report["stages"][name] = {**result.report(), "cache_hit": cache_hit}
+        if name in ("ia", "ib", "ib-recon"):
+            report["stages"][name]["feature_source"] = "stream" if cache_hit is None else "cache"
         write_model(pipe, out_dir)
     return report
 
@@ -142,7 +155,7 @@ def _make_task(
     new_model: bool = False,
 ) -> tuple[Any, bool]:
     if name in ("ia", "ib", "ib-recon"):
-        features = cache.features(dataset, pipe.encoder, pipe.image_size, dtype=config.feature_cache_dtype)
+        features, cache_hit = _feature_batches(name, pipe, dataset, cache, config, device)
         if name == "ia":
             task = FeatureAutoencoderTask(
                 pipe.compressor,
@@ -152,7 +165,7 @@ def _make_task(
                 device,
                 standardize_features=new_model,
             )
-            return task, features.hit
+            return task, cache_hit
         mode = "noisy" if name == "ib" else "recon"
         task = PixelDecoderTask(
             mode,
@@ -164,7 +177,7 @@ def _make_task(
             pipe.compressor,
             pipe.feature_decoder,
         )
-        return task, features.hit
+        return task, cache_hit
     latents = cache.latents(dataset, pipe.encoder, pipe.compressor, pipe.image_size)
     # Stage II standardises latents channel-wise with statistics of this dataset, stored in the generator's
     # config so that sampling denormalises with the same numbers.
@@ -193,3 +206,30 @@ def _make_task(
         identity=identity,
     )
     return task, latents.hit
+
+
+def _feature_batches(
+    name: str,
+    pipe: FAEPipeline,
+    dataset: Any,
+    cache: LatentCache,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[Any, bool | None]:
+    """The stage's (features, pixels) source and whether the cache was hit (None: streamed, no cache).
+
+    Sharded data is read in shard order by both sources, so that they train the same model."""
+    sharded = isinstance(dataset, ShardedDataset)
+    size = feature_cache_bytes(len(dataset), pipe.encoder, pipe.image_size, config.feature_cache_dtype)
+    source = choose_feature_source(config.feature_source, sharded, size, config.feature_cache_budget_gb)
+    if sharded:
+        order = ShardOrder(dataset.shard_sizes, config.batch_size, config.seed, name)
+        if source == "stream":
+            batches = StreamedBatches(
+                dataset, pipe.encoder, pipe.image_size, order, device, prefetch=config.prefetch_batches
+            )
+            return batches, None
+    features = cache.features(dataset, pipe.encoder, pipe.image_size, dtype=config.feature_cache_dtype)
+    if sharded:
+        return CachedBatches(features, order), features.hit
+    return features, features.hit

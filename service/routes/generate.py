@@ -8,14 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.contract import GenerateRequest, Job, JobKind, JobStatus
-from core.jobstore import body_hash
-from core.jobstore.base import Admission, AdmissionOutcome
-from service.admission import admit, build_job, new_job_id, rate_headers
-from service.deps import GenerateCaller, Services, ServicesDep
+from core.contract import GenerateRequest, Job, JobStatus
+from core.jobstore.base import AdmissionOutcome
+from service.admission import admit_generate, rate_headers
+from service.deps import GenerateCaller, ServicesDep
+from service.edges import prefers_async
 from service.presenters import present_job, presenting_blocks
-from service.problems import ProblemError
-from service.validation import check_adapter, check_condition, check_webhook, resolve_model
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -61,41 +59,6 @@ def wants_image(accept: str | None, content_type: str | None) -> bool:
     return False
 
 
-def validated_job(services: Services, tenant: str, body: GenerateRequest, payload: dict[str, object]) -> Job:
-    """The job a valid body asks for (an adapter or a webhook address is looked up: runs in a thread)."""
-    model = resolve_model(services.models, body.model)
-    check_condition(body, model)
-    check_adapter(services.store, tenant, body, model)
-    webhook_url = check_webhook(body.webhook_url, services.settings.webhooks)
-    payload["model"] = model.name
-    return build_job(new_job_id(), JobKind.generate, tenant, model.name, payload, body.metadata, webhook_url)
-
-
-async def admit_generate(
-    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
-) -> Admission:
-    """Everything between a valid body and a published job. A retry with the same key and body gets its
-    job back whatever the budget says, even if the body would no longer validate (its model or adapter was
-    removed since): the body hash is taken before the model name is filled in."""
-    limits = services.settings.limits
-    payload = body.model_dump(mode="json")
-    digest = body_hash(payload)
-    try:
-        if body.adapter is None and body.webhook_url is None:  # nothing to look up: no thread needed
-            job = validated_job(services, tenant, body, payload)
-        else:
-            job = await run_in_threadpool(validated_job, services, tenant, body, payload)
-    except ProblemError:
-        if idempotency_key:  # a check only: it replays, or stores and counts nothing
-            earlier = await services.store.admit(
-                tenant, JobKind.generate, limits, None, idempotency_key, digest
-            )
-            if earlier.outcome is AdmissionOutcome.replayed:
-                return earlier
-        raise
-    return await admit(services.store, services.queue, limits, job, idempotency_key, digest)
-
-
 @router.post(
     "/generate",
     response_model=Job,
@@ -127,7 +90,11 @@ async def generate(
     assert admission.job is not None  # a refusal raised
     job, created = admission.job, admission.outcome is AdmissionOutcome.created
     response.headers.update(rate_headers(admission.budget))
-    wait_s = parse_prefer_wait(prefer, services.settings.gateway.max_wait_s)
+    # `Prefer: respond-async` wins over `wait`: 202 at once (RFC 7240).
+    respond_async = prefers_async(prefer)
+    wait_s = None if respond_async else parse_prefer_wait(prefer, services.settings.gateway.max_wait_s)
+    if respond_async:
+        response.headers["Preference-Applied"] = "respond-async"
     if wait_s is not None and not job.status.terminal:
         job = await services.store.wait_terminal(job.id, wait_s) or job
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
@@ -141,7 +108,8 @@ async def generate(
         else present_job(job, services, request)
     )
     response.headers["Vary"] = "Accept"
-    succeeded = presented.status is JobStatus.succeeded and bool(presented.outputs)
+    first_url = presented.outputs[0].url if presented.outputs else None  # none with b64_json
+    succeeded = presented.status is JobStatus.succeeded and bool(first_url)
     if succeeded and wants_image(accept, presented.outputs[0].content_type):
         # See Other: the image itself. Unfinished or failed jobs answer as above (JSON or problem JSON).
         response.status_code = 303

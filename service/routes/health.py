@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from core import metrics
 from core.contract import JobKind
@@ -16,9 +18,24 @@ router = APIRouter(tags=["health"])
 logger = logging.getLogger(__name__)
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessChecks(BaseModel):
+    job_store: bool = Field(description="The job store (Redis, or memory in embedded mode) answers.")
+    storage: bool = Field(description="Object storage answers.")
+    queue: bool = Field(description="The job queue can take jobs (embedded mode: the model is warm).")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: ReadinessChecks
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+def healthz() -> Health:
+    return Health()
 
 
 def _safe(check: object) -> bool:
@@ -28,8 +45,13 @@ def _safe(check: object) -> bool:
         return False
 
 
-@router.get("/readyz", summary="Readiness: job store, storage and queue reachable (embedded: model warm)")
-def readyz(services: ServicesDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: job store, storage and queue reachable (embedded: model warm)",
+    description="503 (problem JSON with the same `checks`) while any of them is not.",
+)
+def readyz(services: ServicesDep) -> Readiness | JSONResponse:
     queue = services.queue
     checks = {
         "job_store": _safe(services.store.ping),
@@ -37,7 +59,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
         "queue": _safe(lambda: queue.ready),
     }
     if all(checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
+        return Readiness(checks=ReadinessChecks(**checks))
     failing = ", ".join(name for name, ok in checks.items() if not ok)
     return problem_response(503, "Not Ready", f"not ready: {failing}", "not-ready", checks=checks)
 

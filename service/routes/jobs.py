@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from core.contract import Job, JobKind, JobStatus
@@ -82,51 +81,86 @@ def delete(job_id: JobId, principal: Caller, services: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-def _sse(event: str, data: str, event_id: int) -> str:
-    return f"id: {event_id}\nevent: {event}\ndata: {data}\n\n"
+def event_id(job: Job) -> str:
+    """An event's id names the job's state: `{attempts}.{status}.{step}`. A client that reconnects with
+    `Last-Event-ID` gets only what changed since (no status event it already has)."""
+    return f"{job.attempts}.{job.status.value}.{job.progress.step}"
+
+
+def _seen(last_event_id: str | None) -> tuple[str | None, int | None]:
+    """(`{attempts}.{status}`, step) of the last event a client saw; nothing for an id we did not send."""
+    state, _, step = (last_event_id or "").rpartition(".")
+    return (state, int(step)) if state and step.isdigit() else (None, None)
+
+
+def progress_data(job: Job, queue_position: int | None) -> dict[str, object]:
+    data: dict[str, object] = {
+        "step": job.progress.step,
+        "total": job.progress.total,
+        "eta_s": job.progress.eta_s,
+    }
+    if job.progress.loss is not None:  # fine-tunes
+        data["loss"] = job.progress.loss
+    if queue_position is not None:  # a queued job moving up
+        data["queue_position"] = queue_position
+    return data
 
 
 async def job_events(
-    store: JobStore, job_id: str, render: Callable[[Job], Job], max_s: float
-) -> AsyncIterator[str]:
-    """`status` events when the status changes, `progress` events in between; ends at a terminal state,
-    when the job disappears, or after `max_s` (clients reconnect)."""
+    store: JobStore,
+    job_id: str,
+    render: Callable[[Job], Job],
+    max_s: float,
+    last_event_id: str | None = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """A `status` event (the whole job) when the status changes, small `progress` events (step, total, eta;
+    a queued job's new queue position) in between; ends after a terminal status, when the job disappears, or
+    after `max_s` (clients reconnect with `Last-Event-ID` and resume)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_s
-    last_status: JobStatus | None = None
-    last_seen: str | None = None
-    event_id = 0
+    seen_state, seen_step = _seen(last_event_id)
+    seen_position: int | None = None
     async with store.subscribe(job_id) as events:
         while True:
             job = await run_in_threadpool(store.get, job_id)
             if job is None:
-                yield _sse("error", json.dumps({"detail": "the job no longer exists"}), event_id + 1)
+                yield ServerSentEvent(event="error", data={"detail": "the job no longer exists"})
                 return
-            shown = await run_in_threadpool(render, job)
-            data = shown.model_dump_json()
-            if data != last_seen:
-                event_id += 1
-                yield _sse("status" if job.status is not last_status else "progress", data, event_id)
-                last_status, last_seen = job.status, data
+            state = f"{job.attempts}.{job.status.value}"
+            queued = job.status is JobStatus.queued
+            position = await run_in_threadpool(store.queue_position, job_id) if queued else None
+            if state != seen_state:
+                shown = await run_in_threadpool(render, job.model_copy(update={"queue_position": position}))
+                yield ServerSentEvent(event="status", id=event_id(job), raw_data=shown.model_dump_json())
+            elif job.progress.step != seen_step or position != seen_position:
+                yield ServerSentEvent(event="progress", id=event_id(job), data=progress_data(job, position))
+            seen_state, seen_step, seen_position = state, job.progress.step, position
             remaining = deadline - loop.time()
             if job.status.terminal or remaining <= 0:
                 return
             if not await events.wait(min(_REREAD_S, remaining)):
-                yield ": keep-alive\n\n"
+                yield ServerSentEvent(comment="keep-alive")
+
+
+def followed_job(job_id: JobId, principal: Caller, services: ServicesDep) -> Job:
+    """The job to follow, checked before the stream starts (so a wrong id is a 404, not an empty stream)."""
+    return scoped_job(services.store, principal, job_id)
 
 
 @router.get(
     "/{job_id}/events",
-    summary="Server-sent events of the job's status and progress until it ends",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="Server-sent events of the job's status and progress until it ends (resumable: Last-Event-ID)",
+    response_class=EventSourceResponse,
 )
-def events(job_id: JobId, principal: Caller, services: ServicesDep, request: Request) -> StreamingResponse:
-    scoped_job(services.store, principal, job_id)
+async def events(
+    job: Annotated[Job, Depends(followed_job)],
+    services: ServicesDep,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(max_length=128)] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    def render(current: Job) -> Job:
+        return present_job(current, services, request)
 
-    def render(job: Job) -> Job:
-        return present_job(job, services, request)
-
-    stream = job_events(services.store, job_id, render, services.settings.gateway.events_max_s)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    max_s = services.settings.gateway.events_max_s
+    async for event in job_events(services.store, job.id, render, max_s, last_event_id):
+        yield event

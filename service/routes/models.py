@@ -7,14 +7,18 @@ from fastapi import APIRouter, Response
 from core.contract import adapter_key, dataset_key
 from service.deps import Caller, FinetuneCaller, ServicesDep
 from service.problems import not_found
-from service.schemas import AdapterId, AdapterList, ModelList
+from service.schemas import AdapterId, AdapterList, Model, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, summary="Models: condition type, classes, image size")
+@router.get(
+    "/models",
+    response_model=ModelList,
+    summary="Models: version, fingerprint, condition type, classes, image size",
+)
 def list_models(principal: Caller, services: ServicesDep) -> ModelList:
-    return ModelList(data=[model.public() for model in services.models.all()])
+    return ModelList(data=[Model.model_validate(model.public()) for model in services.models.all()])
 
 
 @router.get("/adapters", response_model=AdapterList, summary="The caller's fine-tuned adapters")

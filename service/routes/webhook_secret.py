@@ -1,10 +1,12 @@
-"""The caller's webhook signing secret (Standard Webhooks `whsec_...`), to verify deliveries."""
+"""The caller's webhook signing secret (Standard Webhooks `whsec_...`), to verify deliveries, and its rotation."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter
 
-from core.webhooks import secret_for_tenant
+from core.webhooks import rotate_secret, signing_secrets
 from service.deps import Caller, ServicesDep
 from service.schemas import WebhookSecret
 
@@ -14,6 +16,20 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 @router.get("/secret", response_model=WebhookSecret, summary="The secret that signs this tenant's webhooks")
 def webhook_secret(principal: Caller, services: ServicesDep) -> WebhookSecret:
     settings = services.settings
+    current = signing_secrets(principal.tenant, services.store, settings.webhooks, settings.process.data_dir)
+    record = services.store.get_webhook_secrets(principal.tenant)
+    overlap = record.previous_until if record and record.previous_until else None
     return WebhookSecret(
-        secret=secret_for_tenant(principal.tenant, settings.webhooks, settings.process.data_dir)
+        secret=current[0], previous_valid_until=overlap if overlap and overlap > datetime.now(UTC) else None
     )
+
+
+@router.post(
+    "/secret/rotate",
+    response_model=WebhookSecret,
+    summary="Rotate the secret: the old one keeps signing beside the new one for FAE_WEBHOOK_ROTATION_OVERLAP_S",
+)
+def rotate_webhook_secret(principal: Caller, services: ServicesDep) -> WebhookSecret:
+    settings = services.settings
+    record = rotate_secret(principal.tenant, services.store, settings.webhooks, settings.process.data_dir)
+    return WebhookSecret(secret=record.current, previous_valid_until=record.previous_until)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import core.contract as contract
+import model.guidance
 import model.pipeline
 import model.scheduling
 import model.training.lora
@@ -14,8 +15,11 @@ from core.contract import FinetuneParams, GenerateRequest
 PAIRS = [
     ("MAX_STEPS", model.scheduling.MAX_STEPS),
     ("MAX_SEED", model.pipeline.MAX_SEED),
+    ("MAX_GUIDANCE_INTERVALS", model.guidance.MAX_GUIDANCE_INTERVALS),
     ("FINETUNE_MAX_STEPS", model.training.lora.FINETUNE_MAX_STEPS),
     ("FINETUNE_MAX_RANK", model.training.lora.FINETUNE_MAX_RANK),
+    ("FINETUNE_MIN_IMAGES", model.training.lora.FINETUNE_MIN_IMAGES),
+    ("FINETUNE_MAX_IMAGES", model.training.lora.FINETUNE_MAX_IMAGES),
 ]
 
 
@@ -36,5 +40,5 @@ def test_the_contract_enforces_its_limits() -> None:
 def test_model_marks_its_copies() -> None:
     import inspect
 
-    for module in (model.scheduling, model.pipeline, model.training.lora):
+    for module in (model.scheduling, model.pipeline, model.training.lora, model.guidance):
         assert "Kept equal to core.contract." in inspect.getsource(module)

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 
 import pytest
@@ -25,21 +25,6 @@ from core.jobstore.base import Admission, AdmissionOutcome, utcnow
 from core.settings import LimitsSettings, Settings
 
 MakeJob = Callable[..., Job]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    settings = Settings().override(redis_namespace=f"test-{uuid.uuid4().hex[:12]}")
-    if request.param == "memory":
-        yield MemoryJobStore(settings.limits)
-        return
-    settings = settings.override(redis_url=request.getfixturevalue("redis_server").url())
-    redis_store = RedisJobStore(settings.redis, settings.limits)
-    try:
-        yield redis_store
-    finally:
-        redis_store.flush_namespace()
-        redis_store.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 LONG_RUNNING = ("redis", "seaweedfs", "gateway", "worker", "webhooks", "prometheus", "grafana")
-FAE_SERVICES = ("model-init", "gateway", "worker", "webhooks")
+FAE_SERVICES = ("models-pull", "gateway", "worker", "webhooks")
 
 
 def run_compose(
@@ -72,7 +72,7 @@ def test_gpu_worker_reserves_an_nvidia_gpu(compose_config: dict[str, Any]) -> No
 
 def test_every_long_running_service_has_a_healthcheck(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
-    assert set(LONG_RUNNING) | {"model-init"} == set(services)
+    assert set(LONG_RUNNING) | {"models-pull"} == set(services)
     for name in LONG_RUNNING:
         check = services[name].get("healthcheck")
         assert check and check["test"][0] == "CMD" and not check.get("disable"), name
@@ -85,11 +85,16 @@ def test_depends_on_waits_for_healthy_dependencies(compose_config: dict[str, Any
         name: {dep: spec["condition"] for dep, spec in s.get("depends_on", {}).items()}
         for name, s in services.items()
     }
-    assert conditions["gateway"] == {"redis": "service_healthy", "seaweedfs": "service_healthy"}
+    pulled = "service_completed_successfully"
+    assert conditions["gateway"] == {
+        "redis": "service_healthy",
+        "seaweedfs": "service_healthy",
+        "models-pull": pulled,
+    }
     assert conditions["worker"] == {
         "redis": "service_healthy",
         "seaweedfs": "service_healthy",
-        "model-init": "service_completed_successfully",
+        "models-pull": pulled,
     }
     assert conditions["webhooks"]["redis"] == "service_healthy"
     assert conditions["grafana"] == {"prometheus": "service_healthy"}
@@ -165,3 +170,47 @@ def test_mounted_config_files_exist_and_match_their_consumers(
     assert worker_sd["port"] == int(
         compose_config["services"]["worker"]["environment"]["FAE_WORKER_HTTP_PORT"]
     )
+
+
+def test_models_pull_puts_the_demo_model_into_the_volume_by_default(
+    compose_config: dict[str, Any], compose_binary: Path, repo_root: Path, tmp_path: Path
+) -> None:
+    """Out of the box the stack serves the trained demo model baked into the worker image, verified and
+    copied into the models volume by the one-shot `models-pull`; FAE_MODEL_SOURCE points it elsewhere."""
+    services = compose_config["services"]
+    pull = services["models-pull"]
+    assert pull["command"] == ["fae", "models", "pull", "--into", "/models/fae-demo", "--verify-existing"]
+    assert pull["environment"]["FAE_MODEL_SOURCE"] == "/opt/fae/models/fae-demo"  # inside the worker image
+    assert pull["build"]["target"] == "worker" and pull["restart"] == "no"
+    writable = [v for v in pull["volumes"] if v["target"] == "/models"]
+    assert writable and not writable[0].get("read_only")
+    for name in ("gateway", "worker"):
+        assert services[name]["environment"]["FAE_MODELS"] == "fae-demo=/models/fae-demo"
+        mounts = [v for v in services[name]["volumes"] if v["target"] == "/models"]
+        assert mounts and mounts[0]["read_only"] is True and mounts[0]["source"] == writable[0]["source"]
+
+    env_file = tmp_path / "s3-model.env"
+    env_file.write_text(
+        (repo_root / ".env.example").read_text()
+        + "FAE_MODEL_SOURCE=s3://fae-models/fae/2\nFAE_MODEL_DIR=fae-2\nFAE_MODELS=fae@2=/models/fae-2\n"
+    )
+    result = run_compose(compose_binary, repo_root, "config", "--format", "json", env_file=str(env_file))
+    assert result.returncode == 0, result.stderr
+    configured = json.loads(result.stdout)["services"]
+    assert configured["models-pull"]["environment"]["FAE_MODEL_SOURCE"] == "s3://fae-models/fae/2"
+    assert configured["models-pull"]["command"][4] == "/models/fae-2"
+    assert configured["worker"]["environment"]["FAE_MODELS"] == "fae@2=/models/fae-2"
+
+
+def test_c2pa_signer_is_a_compose_secret_with_the_key_only_in_the_worker(
+    compose_config: dict[str, Any],
+) -> None:
+    services, secrets = compose_config["services"], compose_config["secrets"]
+    assert set(secrets) == {"c2pa-chain", "c2pa-key"}
+    gateway, worker = services["gateway"], services["worker"]
+    assert [s["source"] for s in gateway["secrets"]] == ["c2pa-chain"]  # verifies; never signs
+    assert {s["source"] for s in worker["secrets"]} == {"c2pa-chain", "c2pa-key"}
+    assert gateway["environment"]["FAE_C2PA_SIGN_CERT"] == worker["environment"]["FAE_C2PA_SIGN_CERT"]
+    assert worker["environment"]["FAE_C2PA_PRIVATE_KEY"] == "/run/secrets/c2pa-key"
+    assert "FAE_C2PA_PRIVATE_KEY" not in gateway["environment"]
+    assert worker["environment"]["FAE_C2PA_WITHOUT_SIGNER"] == "refuse"

@@ -25,6 +25,9 @@ METRICS = {
     "fae_webhook_deliveries_total": "counter",
     "fae_worker_ready": "gauge",
     "fae_dead_letters": "gauge",
+    "fae_http_held_request_duration_seconds": "histogram",
+    "fae_model_info": "gauge",
+    "fae_model_version_unavailable_total": "counter",
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 # What an operator must see, per the deployment issue.

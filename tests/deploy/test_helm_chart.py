@@ -26,6 +26,7 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 GPU_WORKERS = ("generate", "finetune")
 ALL_WORKERS = (*GPU_WORKERS, "webhooks")
@@ -34,6 +35,7 @@ PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 # Every optional part of the chart switched on, with the bundled Redis (password-protected).
 ALL_OPTIONAL_BUNDLED: dict[str, Any] = {
     "apiKeys": {"keys": "acme:k-123:generate+finetune,ops:k-456:admin"},
+    "provenance": {"existingSecret": "fae-c2pa-signer", "watermarkOptOutTenants": "acme"},
     "s3": {
         "endpointUrl": "https://s3.example.com",
         "accessKeyId": "AKIAEXAMPLE",
@@ -47,7 +49,7 @@ ALL_OPTIONAL_BUNDLED: dict[str, Any] = {
             "enabled": True,
             "className": "nginx",
             "annotations": {"nginx.ingress.kubernetes.io/proxy-buffering": "off"},
-            "hosts": [{"host": "fae.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "hosts": [{"host": "fae.example.com", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
             "tls": [{"hosts": ["fae.example.com"], "secretName": "fae-tls"}],
         },
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
@@ -59,6 +61,7 @@ ALL_OPTIONAL_BUNDLED: dict[str, Any] = {
     },
     "keda": {"prometheus": {"serverAddress": PROMETHEUS}},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "worker": {"gpuRuntimeClassName": "nvidia", "priorityClassName": "gpu-batch"},
 }
 
 # External Redis and every credential from Secrets the operator created beforehand.
@@ -66,11 +69,12 @@ ALL_OPTIONAL_EXTERNAL: dict[str, Any] = {
     "apiKeys": {"existingSecret": "ops-fae-api-keys"},
     "s3": {"existingSecret": "ops-fae-s3", "endpointUrl": "https://minio.storage.svc:9000"},
     "webhooks": {"existingSecret": "ops-fae-webhooks"},
+    "provenance": {"existingSecret": "ops-fae-c2pa", "tsaUrl": "http://timestamp.example.com"},
     "redis": {"enabled": False, "existingSecret": "ops-fae-redis", "existingSecretKey": "url"},
     "gateway": {
         "ingress": {
             "enabled": True,
-            "hosts": [{"host": "api.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "hosts": [{"host": "api.example.com", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
         },
         "autoscaling": {"enabled": True},
     },
@@ -84,7 +88,14 @@ ALL_OPTIONAL_EXTERNAL: dict[str, Any] = {
         },
         "prometheus": {"serverAddress": PROMETHEUS},
     },
-    "models": {"existingClaim": "fae-weights"},
+    "models": {
+        "existingClaim": "fae-weights",
+        "pull": [
+            {"source": "s3://fae-models/encoders/dinov2-small", "into": "dinov2-small"},
+            {"source": "s3://fae-models/fae/2", "into": "fae-2", "expectFingerprint": "d1512529"},
+        ],
+    },
+    "config": {"models": "fae@2=/models/fae-2,fae@1=/models/fae-1"},
     "compileCache": {"volume": {"hostPath": {"path": "/var/cache/fae-compile", "type": "DirectoryOrCreate"}}},
     "metrics": {"serviceMonitor": {"enabled": True}},
 }
@@ -372,6 +383,28 @@ def test_existing_secrets_are_referenced_and_not_created(render: RenderFn) -> No
     config = named(docs, "ConfigMap", "-config")["data"]
     assert config["FAE_API_KEYS_FILE"].startswith(mounts["api-keys"]["mountPath"] + "/")
     assert mounts["api-keys"]["readOnly"] is True
+
+
+def test_c2pa_signer_secret_gives_workers_chain_and_key_and_the_gateway_the_chain_only(
+    render: RenderFn, render_raw: RawRenderFn
+) -> None:
+    docs = render(ALL_OPTIONAL_EXTERNAL)
+    config = named(docs, "ConfigMap", "-config")["data"]
+    assert config["FAE_C2PA_SIGN_CERT"] == "/etc/fae/c2pa/chain.pem"
+    assert config["FAE_C2PA_WITHOUT_SIGNER"] == "refuse"
+    assert config["FAE_C2PA_TSA_URL"] == "http://timestamp.example.com"
+    gateway = named(docs, "Deployment", "-gateway")
+    signer = {v["name"]: v for v in pod_spec(gateway)["volumes"]}["c2pa-signer"]["secret"]
+    assert signer["secretName"] == "ops-fae-c2pa"
+    assert signer["items"] == [{"key": "chain.pem", "path": "chain.pem"}]
+    assert "FAE_C2PA_PRIVATE_KEY" not in env_names(gateway)
+    worker = named(docs, "Deployment", "-worker-generate")
+    assert env_names(worker)["FAE_C2PA_PRIVATE_KEY"]["value"] == "/etc/fae/c2pa/key.pem"
+    mounts = {m["name"]: m for m in container(worker)["volumeMounts"]}
+    assert mounts["c2pa-signer"] == {"name": "c2pa-signer", "mountPath": "/etc/fae/c2pa", "readOnly": True}
+    # Without a signer the workers refuse to start, and the install notes say how to add one.
+    notes = next(text for path, text in render_raw({}).items() if path.endswith("NOTES.txt"))
+    assert "no C2PA signer is configured" in notes and "provenance.existingSecret" in notes
 
 
 def test_without_s3_credentials_the_default_aws_chain_is_left_alone(render: RenderFn) -> None:

@@ -90,3 +90,40 @@ def test_the_model_sees_its_dtype_and_the_combination_is_fp32() -> None:
     x_bf16 = float(x.to(torch.bfloat16)[0])
     cond, uncond = float(torch.tensor(x_bf16 + 2).bfloat16()), float(torch.tensor(x_bf16).bfloat16())
     assert float(v[1]) == pytest.approx(uncond + 1.1 * (cond - uncond), rel=1e-6)
+
+
+def test_the_papers_t2i_schedule_and_interval_lists() -> None:
+    t2i = GuidanceSchedule.named("fae-t2i", 1.5)
+    assert t2i.scale_at(0.0) == t2i.scale_at(0.9) == 1.5 and t2i.scale_at(0.91) == t2i.scale_at(1.0) == 1.0
+    # The named schedules are interval lists: the three-part one written out gives the same scales.
+    listed = GuidanceSchedule.named("constant", 1.0, [(0.0, 0.7, 2.5), (0.9, 1.0, 0.9)])
+    three_part = GuidanceSchedule.fae_three_part(2.5)
+    for t in torch.linspace(0, 1, 101).tolist():
+        assert listed.scale_at(t) == three_part.scale_at(t), t
+    # guidance_scale holds outside the intervals; at a shared end the higher interval wins
+    touching = GuidanceSchedule.named("constant", 2.0, [(0.2, 0.5, 3.0), (0.5, 0.8, 4.0)])
+    assert [touching.scale_at(t) for t in (0.1, 0.3, 0.5, 0.6, 0.9)] == [2.0, 3.0, 4.0, 4.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("intervals", "words"),
+    [
+        ([(0.5, 0.2, 2.0)], "t_min < t_max"),
+        ([(0.3, 0.3, 2.0)], "t_min < t_max"),
+        ([(-0.1, 0.5, 2.0)], "t_min < t_max"),
+        ([(0.5, 1.5, 2.0)], "t_min < t_max"),
+        ([(0.0, 0.5, 31.0)], "between 0 and 30"),
+        ([(0.0, float("nan"), 2.0)], "finite"),
+        ([(0.0, 0.6, 2.0), (0.5, 0.9, 3.0)], "overlap"),
+        ([], "1 to 8"),
+        ([(i / 10, (i + 1) / 10, 2.0) for i in range(9)], "1 to 8"),
+    ],
+)
+def test_bad_intervals_are_clear_errors(intervals: list, words: str) -> None:
+    with pytest.raises(InvalidInputError, match=words):
+        GuidanceSchedule.named("constant", 1.0, intervals)
+
+
+def test_intervals_and_a_named_schedule_are_not_combined() -> None:
+    with pytest.raises(InvalidInputError, match="not both"):
+        GuidanceSchedule.named("fae-three-part", 2.0, [(0.0, 0.5, 2.0)])

@@ -118,3 +118,32 @@ def test_a_bf16_generator_keeps_the_fp32_accuracy_of_a_250_step_ode() -> None:
     fp32, bf16 = flow.ode_error(torch.float32), flow.ode_error(torch.bfloat16)
     assert fp32 < 0.01  # first-order Euler at 250 steps
     assert bf16 < 1.5 * fp32, (bf16, fp32)
+
+
+# --- the SDE's diffusion form: SiT's g² = 2σ_t ("sigma") and g² = σ_t ("half-sigma") ---------------------------
+@pytest.mark.parametrize(("form", "factor"), [("sigma", 2.0), ("half-sigma", 1.0)])
+def test_each_sde_diffusion_form_matches_the_closed_form_gaussian_case(form: str, factor: float) -> None:
+    """Through the real StepBatcher: both forms keep the data marginals N(μ_c, σ_c²), and each forgets the
+    starting noise at its own exact rate (correlation exp(−(k/2)∫t/V dt), k = 2 or 1), which tells them apart."""
+    flow = GaussianFlow()
+    scheduler = FlowMatchingScheduler(shift=2.5, sde_diffusion=form)
+    x, noise = flow.sample(scheduler, steps=100, n=64, stochastic=True)
+    x, noise = x.transpose(0, 1).flatten(1), noise.transpose(0, 1).flatten(1)  # C × (n·G·G)
+    assert torch.allclose(x.mean(1), flow.mean.flatten(), atol=0.03), x.mean(1)
+    assert torch.allclose(x.std(1), flow.std.flatten(), rtol=0.03), x.std(1)
+    corr = torch.stack([torch.corrcoef(torch.stack([x[c], noise[c]]))[0, 1] for c in range(x.shape[0])])
+    expected = flow.sde_noise_correlation(factor)
+    assert torch.allclose(corr, expected, atol=0.035), (corr, expected)
+    other = flow.sde_noise_correlation(3.0 - factor)
+    assert ((corr - other).abs() > 0.1).all(), (corr, other)  # the test does tell the two forms apart
+
+
+def test_the_paper_presets_use_sits_sde_form_and_saved_models_keep_theirs() -> None:
+    from model.presets import preset_config
+
+    for preset in ("paper-imagenet", "paper-t2i"):
+        assert FlowMatchingScheduler(**preset_config(preset)["scheduler"]).config.sde_diffusion == "sigma"
+    # A scheduler_config.json written before the option existed loads with the form it was sampled with.
+    assert FlowMatchingScheduler().config.sde_diffusion == "half-sigma"
+    with pytest.raises(InvalidInputError, match="sde_diffusion"):
+        FlowMatchingScheduler(sde_diffusion="linear")  # type: ignore[arg-type]

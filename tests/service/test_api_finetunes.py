@@ -6,7 +6,7 @@ import io
 import zipfile
 from datetime import UTC, datetime
 
-from core.contract import AdapterRecord, JobStatus, adapter_key
+from core.contract import FINETUNE_MIN_IMAGES, AdapterRecord, JobStatus, adapter_key
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:
@@ -17,22 +17,28 @@ def zip_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def images(png, count: int = FINETUNE_MIN_IMAGES, field: str = "files") -> list:
+    """`count` small PNGs as multipart files, the smallest dataset the trainer takes by default."""
+    return [(field, (f"img{i}.png", png((i, 0, 0)), "image/png")) for i in range(count)]
+
+
 def test_multipart_images_are_stored_before_the_job_is_queued(make_gateway, headers, png) -> None:
     gw = make_gateway()
     files = [
         ("files", ("cat one.png", png(), "image/png")),
         ("files", ("cat one.txt", b"a cat", "text/plain")),
+        *images(png, FINETUNE_MIN_IMAGES - 1),
     ]
     data = {"steps": "20", "rank": "4", "trigger_phrase": "sks cat", "metadata": '{"team": "a"}'}
     response = gw.client.post("/v1/finetunes", files=files, data=data, headers=headers("acme"))
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["kind"] == "finetune" and job["status"] == "queued" and job["model"] == "cls"
-    assert job["request"]["steps"] == 20 and job["request"]["dataset_images"] == 1
+    assert job["request"]["steps"] == 20 and job["request"]["dataset_images"] == FINETUNE_MIN_IMAGES
     assert job["metadata"] == {"team": "a"}
     assert response.headers["location"] == f"/v1/finetunes/{job['id']}"
     prefix = f"tenants/acme/datasets/{job['id']}/"
-    assert gw.storage.list(prefix) == [prefix + "cat_one.png", prefix + "cat_one.txt"]
+    assert gw.storage.list(prefix)[:2] == [prefix + "cat_one.png", prefix + "cat_one.txt"]
     assert [j.id for j in gw.queue.enqueued] == [job["id"]]
     shown = gw.client.get(f"/v1/finetunes/{job['id']}", headers=headers("acme")).json()
     assert shown["id"] == job["id"]
@@ -47,6 +53,7 @@ def test_zip_uploads_are_unpacked_safely(make_gateway, headers, png) -> None:
             "set/a.png": png(),
             "set/b.png": png((0, 0, 255)),
             "set/a.txt": b"caption",
+            **{f"set/more{i}.png": png((i, 9, 9)) for i in range(FINETUNE_MIN_IMAGES - 2)},
             "__MACOSX/set/._a.png": b"junk",
             "../../escape.png": png(),
         }
@@ -58,7 +65,8 @@ def test_zip_uploads_are_unpacked_safely(make_gateway, headers, png) -> None:
     job_id = response.json()["id"]
     stored = gw.storage.list(f"tenants/acme/datasets/{job_id}/")
     # Hidden, macOS and path-traversal entries are skipped; the rest keeps its layout.
-    assert sorted(key.rsplit(f"{job_id}/", 1)[1] for key in stored) == ["set/a.png", "set/a.txt", "set/b.png"]
+    names = sorted(key.rsplit(f"{job_id}/", 1)[1] for key in stored)
+    assert names[:3] == ["set/a.png", "set/a.txt", "set/b.png"] and len(names) == FINETUNE_MIN_IMAGES + 1
 
 
 def test_bad_datasets_are_refused_and_leave_nothing_behind(make_gateway, headers, png) -> None:
@@ -93,7 +101,8 @@ def test_bad_datasets_are_refused_and_leave_nothing_behind(make_gateway, headers
 
 def test_s3_prefix_must_be_the_tenants_own_and_not_empty(make_gateway, headers, png) -> None:
     gw = make_gateway()
-    gw.storage.put_bytes("tenants/acme/uploads/set1/a.png", png())
+    for i in range(FINETUNE_MIN_IMAGES):
+        gw.storage.put_bytes(f"tenants/acme/uploads/set1/{i}.png", png())
     gw.storage.put_bytes("tenants/globex/private/a.png", png())
     ok = gw.client.post(
         "/v1/finetunes", json={"s3_prefix": "tenants/acme/uploads/set1"}, headers=headers("acme")
@@ -130,9 +139,7 @@ def test_s3_prefix_must_be_the_tenants_own_and_not_empty(make_gateway, headers, 
 
 def test_finetune_cancel_and_adapter_lifecycle(make_gateway, headers, png) -> None:
     gw = make_gateway()
-    job = gw.client.post(
-        "/v1/finetunes", files={"files": ("a.png", png(), "image/png")}, headers=headers("acme")
-    ).json()
+    job = gw.client.post("/v1/finetunes", files=images(png), headers=headers("acme")).json()
     canceled = gw.client.post(f"/v1/finetunes/{job['id']}/cancel", headers=headers("acme"))
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     assert gw.store.get(job["id"]).status is JobStatus.canceled

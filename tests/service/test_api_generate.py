@@ -260,12 +260,13 @@ def test_oversized_bodies_are_413(make_gateway, headers) -> None:
     assert gw.queue.enqueued == []
 
 
-def test_malformed_json_is_422_not_500(make_gateway, headers) -> None:
+def test_malformed_json_is_400_naming_the_position(make_gateway, headers) -> None:
     gw = make_gateway()
     response = gw.client.post(
         "/v1/generate", content=b"{not json", headers={**headers("acme"), "Content-Type": "application/json"}
     )
-    assert_problem(response, 422)
+    problem = assert_problem(response, 400)
+    assert (problem["line"], problem["column"]) == (1, 2) and "line 1, column 2" in problem["detail"]
 
 
 def test_enqueue_failure_is_503_and_the_job_is_marked_failed(make_gateway, headers) -> None:

@@ -21,7 +21,8 @@ def test_generate_on_redis_and_s3(make_gateway, headers, png, real_parts) -> Non
     job_id = accepted.json()["id"]
     # Server-sent events over Redis pub/sub, until the job is done.
     stream = gw.client.get(f"/v1/jobs/{job_id}/events", headers=headers("acme")).text
-    statuses = [json.loads(line[6:])["status"] for line in stream.splitlines() if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+    statuses = [event["status"] for event in events if "status" in event]  # status events: the whole job
     assert statuses[-1] == "succeeded" and "running" in statuses
     replay = gw.client.post("/v1/generate", json={"class_label": 2, "n": 2}, headers=key)
     assert replay.status_code == 200 and replay.json()["id"] == job_id

@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 
+from core.contract import FINETUNE_MIN_IMAGES
 from core.settings import Settings
 from core.storage import S3Storage
 
@@ -126,7 +127,7 @@ def test_a_pixel_bomb_is_refused_before_decoding(make_gateway, headers, png) -> 
 def test_uploads_past_the_concurrency_bound_get_503_with_retry_after(make_gateway, headers, png) -> None:
     gw = make_gateway(max_concurrent_uploads=1)
     slots = gw.client.app.state.services.uploads
-    files = {"files": ("a.png", png(), "image/png")}
+    files = [("files", (f"a{i}.png", png((i, 0, 0)), "image/png")) for i in range(FINETUNE_MIN_IMAGES)]
 
     slots.take()  # another upload is unpacking
     busy = gw.client.post("/v1/finetunes", files=files, headers=headers("acme"))
@@ -145,7 +146,7 @@ def test_a_finetune_upload_during_a_storage_outage_is_a_503(
     storage = S3Storage(Settings().override(**fields).storage)
     gw = make_gateway(storage=storage)
     s3_proxy.cut()
-    files = {"files": ("a.png", png(), "image/png")}
+    files = [("files", (f"a{i}.png", png((i, 0, 0)), "image/png")) for i in range(FINETUNE_MIN_IMAGES)]
     response = gw.client.post("/v1/finetunes", files=files, headers=headers("acme"))
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "10" and response.json()["type"].endswith("storage-unavailable")

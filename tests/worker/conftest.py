@@ -21,6 +21,22 @@ MakeJob = Callable[..., Job]
 
 
 @pytest.fixture(scope="session")
+def c2pa_signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A development C2PA signer (chain, key), made once for the session."""
+    from core.provenance import ensure_development_signer
+
+    return ensure_development_signer(tmp_path_factory.mktemp("c2pa"))
+
+
+@pytest.fixture(autouse=True)
+def _worker_signer(c2pa_signer: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generate jobs sign their outputs and a worker refuses to run without a signer: every worker test's
+    settings (read from the environment) name one, as the chart's Secret does."""
+    monkeypatch.setenv("FAE_C2PA_SIGN_CERT", str(c2pa_signer[0]))
+    monkeypatch.setenv("FAE_C2PA_PRIVATE_KEY", str(c2pa_signer[1]))
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline() -> Any:
     from model import FAEPipeline
 

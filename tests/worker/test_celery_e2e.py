@@ -28,6 +28,7 @@ from PIL import Image
 from core.contract import Job, JobStatus
 from core.jobqueue import CeleryJobQueue
 from core.jobstore import RedisJobStore
+from core.provenance import ensure_development_signer
 from core.settings import Settings
 from core.storage import S3Storage
 from core.webhooks import secret_for_tenant, verify
@@ -224,6 +225,8 @@ def cluster(
         "webhook_retry_base_s": 0.3,
         "log_json": True,
     }
+    # Workers refuse to start without a C2PA signer: give them one, as the chart's Secret does.
+    fields["c2pa_sign_cert"], fields["c2pa_private_key"] = ensure_development_signer(workdir / "signer")
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("FAE_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
@@ -369,6 +372,19 @@ def test_webhook_delivered_signed_after_a_failed_attempt(
     assert len(webhook_receiver.requests) == 2  # no delivery after the success
 
 
+def test_a_started_webhook_goes_through_the_webhooks_queue_when_asked(
+    live: Cluster, generate_job: Callable[..., Job], webhook_receiver: Any
+) -> None:
+    events = ["job.started", "job.succeeded"]
+    job = live.submit(generate_job(steps=2, webhook_url=webhook_receiver.url, webhook_events=events))
+    assert live.wait_terminal(job.id).status is JobStatus.succeeded
+    received = [json.loads(body) for _, body in webhook_receiver.wait_for(2, timeout_s=30)]
+    assert sorted(event["type"] for event in received) == events
+    assert {event["id"] for event in received} == {f"msg_{job.id}_started_1", f"msg_{job.id}_succeeded"}
+    time.sleep(0.5)
+    assert len(webhook_receiver.requests) == 2
+
+
 def test_sigkilled_worker_job_is_requeued_and_succeeds_once(
     live: Cluster, generate_job: Callable[..., Job]
 ) -> None:
@@ -428,3 +444,22 @@ def test_poison_job_is_dead_lettered_then_replayable(
     )
     assert_images(live, replay, 1)
     assert live.store.get(job.id).status is JobStatus.failed  # states never go backwards
+
+
+def test_a_job_pinned_to_a_version_no_worker_holds_stays_queued_and_is_redelivered(
+    live: Cluster, generate_job: Callable[..., Job]
+) -> None:
+    """The workers hold `tiny` (unlabelled); a job pinned to `tiny@9` is never run on it: each worker that takes
+    it sends it back (a Celery retry, uncounted), so it stays queued for a worker that will hold version 9."""
+    before = live.metric_total("fae_model_version_unavailable_total", model="tiny")
+    job = live.submit(generate_job(model="tiny@9", steps=2))
+    wait_for(
+        lambda: live.metric_total("fae_model_version_unavailable_total", model="tiny") >= before + 2,
+        30,
+        "two refused deliveries (the job is sent again after the first)",
+    )
+    held = live.store.get(job.id)
+    assert held is not None and held.status is JobStatus.queued
+    assert held.attempts == 0 and held.worker_id is None and held.model_version is None
+    assert "does not hold" in live.logs()
+    assert live.store.request_cancel(job.id).status is JobStatus.canceled  # the next delivery drops it

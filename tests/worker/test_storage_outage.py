@@ -13,6 +13,7 @@ import pytest
 
 from core.contract import Job, JobStatus
 from core.jobstore import MemoryJobStore
+from core.provenance import ensure_development_signer
 from core.settings import Settings
 from core.storage import S3Storage, StorageUnavailable
 from worker.engine import Engine
@@ -164,6 +165,8 @@ def test_a_real_worker_stops_consuming_while_storage_is_down(
         "heartbeat_s": 0.3,
         "worker_http_port": http_port,
     }
+    # Workers refuse to start without a C2PA signer: give them one, as the chart's Secret does.
+    fields["c2pa_sign_cert"], fields["c2pa_private_key"] = ensure_development_signer(tmp_path / "signer")
     settings = Settings().override(**fields)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAE_")}
     env |= {f"FAE_{k.upper()}": str(v) for k, v in fields.items()} | {"PYTHONPATH": str(repo)}

@@ -62,11 +62,14 @@ class GenerationRequest:
 
     model: str | None = None  # None: the engine's default model
     prompt: str | None = None
+    negative_prompt: str | None = None  # text models: the unconditional branch of guidance
     class_label: int | None = None
     n: int = 1
     steps: int = 50
     guidance_scale: float = 1.0
     guidance_schedule: str = "constant"
+    # (t_min, t_max, scale) per interval, guidance_scale outside them (instead of a named schedule)
+    guidance_intervals: tuple[tuple[float, float, float], ...] | None = None
     seed: int | None = None
     sampler: str = "euler"
     adapter: AdapterSpec | None = None
@@ -79,11 +82,15 @@ class GenerationRequest:
         return cls(
             model=request.model,
             prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
             class_label=request.class_label,
             n=request.n,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             guidance_schedule=request.guidance_schedule,
+            guidance_intervals=None
+            if request.guidance_intervals is None
+            else tuple((i.t_min, i.t_max, i.scale) for i in request.guidance_intervals),
             seed=request.seed,
             sampler=request.sampler,
             adapter=adapter,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core import metrics
+from core.manifests import identify
 from core.settings import CatalogSettings, EngineSettings
 from worker.engine.interface import GenerationRequest, installed_test_hooks
 from worker.engine.loop import Engine
@@ -56,7 +57,7 @@ def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
                 cuda_graphs=settings.cuda_graphs,
                 on_graph_fallback=partial(_count_graph_fallback, name),
             )
-    return Engine(
+    engine = Engine(
         pipelines,
         max_batch_size=settings.max_batch_size,
         accelerated=accelerated,
@@ -66,6 +67,20 @@ def load_engine(settings: EngineSettings, catalog: CatalogSettings) -> Engine:
         adapter_slots=settings.adapter_slots,
         adapter_max_rank=settings.adapter_max_rank,
     )
+    engine.identities = model_identities(catalog)
+    for key, (name, version, fingerprint) in engine.identities.items():
+        metrics.MODEL_INFO.labels(model=name, version=version or "", fingerprint=fingerprint or "").set(1)
+        log.info("model version", extra={"model": key, "version": version, "fingerprint": fingerprint})
+    return engine
+
+
+def model_identities(catalog: CatalogSettings) -> dict[str, tuple[str, str | None, str | None]]:
+    """Engine key -> (name, version, fingerprint) of every configured model (its manifest, or its files hashed)."""
+    keys = list(catalog.model_dirs())
+    return {
+        key: (name, (identity := identify(path, version)).version, identity.fingerprint)
+        for key, (name, version, path) in zip(keys, catalog.model_entries(), strict=True)
+    }
 
 
 def _count_graph_fallback(model: str, module: str) -> None:

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from core import metrics
+from core.manifests import resolve_reference
 from model.errors import GenerationCanceled
 from worker.engine.interface import (
     AdapterSpec,
@@ -61,6 +62,10 @@ class Engine:
         if not pipelines:
             raise ValueError("an engine needs at least one pipeline")
         self._pipelines = dict(pipelines)
+        # key -> (name, version, fingerprint) of each loaded model; `load_engine` fills it from the catalog.
+        self.identities: dict[str, tuple[str, str | None, str | None]] = {
+            key: (key.partition("@")[0], None, None) for key in self._pipelines
+        }
         self.default_model = default_model or next(iter(self._pipelines))
         if self.default_model not in self._pipelines:
             raise ValueError(f"default model {self.default_model!r} is not among {sorted(self._pipelines)}")
@@ -100,7 +105,11 @@ class Engine:
         return self._pipelines[self.resolve_model(model)]
 
     def resolve_model(self, model: str | None) -> str:
+        """The key of the pipeline `model` names: a key, or `name@version` / `name@<fingerprint>`."""
         name = model or self.default_model
+        if name not in self._pipelines and "@" in name:
+            rows = [(key, *identity) for key, identity in self.identities.items()]
+            name = resolve_reference(name, rows) or name
         if name not in self._pipelines:
             raise UnknownModelError(f"unknown model {name!r}; this worker serves {sorted(self._pipelines)}")
         return name
@@ -208,13 +217,14 @@ class Engine:
                 # Test-only poison job: die the way an OOM kill does, with no chance to clean up.
                 log.error("test crash hook matched the prompt: killing this process")
                 os.kill(os.getpid(), signal.SIGKILL)
-        encoded = self._encode_prompts(running)
+        encoded, negatives = self._encode_prompts(running)
         for handle in running:
-            self._admit_running(handle, groups, encoded.get(id(handle)))
+            self._admit_running(handle, groups, encoded.get(id(handle)), negatives.get(id(handle)))
 
-    def _encode_prompts(self, handles: list[GenerationHandle]) -> dict[int, Any]:
+    def _encode_prompts(self, handles: list[GenerationHandle]) -> tuple[dict[int, Any], dict[int, Any]]:
         """One text-encoder call per text model for every prompt admitted together (each repeated ``n``
-        times): handle id → its rows. A handle left out encodes its own prompt (and reports its own error)."""
+        times) and their negative prompts (once each): handle id → its prompt rows, handle id → its negative
+        prompt's row. A handle left out encodes its own (and reports its own error)."""
         import torch
 
         from model.pipeline import MAX_IMAGES_PER_CALL
@@ -226,10 +236,13 @@ class Engine:
             if text and isinstance(request.prompt, str) and 1 <= request.n <= MAX_IMAGES_PER_CALL:
                 by_model.setdefault(handle.model, []).append(handle)
         encoded: dict[int, Any] = {}
+        negatives: dict[int, Any] = {}
         for model, batch in by_model.items():
             if len(batch) < 2:
                 continue  # nothing to share
             prompts = [h.request.prompt for h in batch for _ in range(h.request.n)]
+            negative = [h for h in batch if isinstance(h.request.negative_prompt, str)]
+            prompts += [h.request.negative_prompt for h in negative]
             try:
                 with torch.inference_mode():
                     rows = self._pipelines[model].encode_text(prompts)
@@ -241,16 +254,21 @@ class Engine:
                 end = start + handle.request.n
                 encoded[id(handle)] = {k: v[start:end] for k, v in rows.items()}
                 start = end
-        return encoded
+            for handle in negative:
+                negatives[id(handle)] = {k: v[start : start + 1] for k, v in rows.items()}
+                start += 1
+        return encoded, negatives
 
     def _admit_running(
         self,
         handle: GenerationHandle,
         groups: dict[tuple[str, str | None, float], _Group],
         encoded: Any = None,
+        encoded_negative: Any = None,
     ) -> None:
         """Prepare a running job's samples (loading its adapter) and add them to its group's batch;
-        ``encoded``: its prompt rows when ``_encode_prompts`` encoded them with others'."""
+        ``encoded`` / ``encoded_negative``: its prompt rows and its negative prompt's row when
+        ``_encode_prompts`` encoded them with others'."""
         import torch
 
         from model.adapters import NO_ADAPTER, AdapterSlotsFull
@@ -273,7 +291,7 @@ class Engine:
                 spec = request.adapter
                 slot = slots.load(spec.local_dir, spec.adapter_id, spec.scale)
             with torch.inference_mode():  # serving's mode, which warm-up compiled for (see _step_group)
-                samples = _prepare_samples(pipe, request, id(handle), slot, encoded)
+                samples = _prepare_samples(pipe, request, id(handle), slot, encoded, encoded_negative)
         except AdapterSlotsFull as exc:
             if groups:  # running jobs hold every slot: try again after the next round of steps
                 self._deferred.append(handle)
@@ -422,7 +440,12 @@ class Engine:
 
 
 def _prepare_samples(
-    pipe: Any, request: GenerationRequest, key: int, adapter_slot: int, encoded: Any = None
+    pipe: Any,
+    request: GenerationRequest,
+    key: int,
+    adapter_slot: int,
+    encoded: Any = None,
+    encoded_negative: Any = None,
 ) -> list[Any]:
     """The one translation from the job contract's names to the pipeline's (diffusers') names."""
     return pipe.prepare_samples(
@@ -432,11 +455,14 @@ def _prepare_samples(
         num_inference_steps=request.steps,
         guidance_scale=request.guidance_scale,
         guidance_schedule=request.guidance_schedule,
+        guidance_intervals=request.guidance_intervals,
         seed=request.seed,
         sampler=request.sampler,
         key=key,
         adapter_slot=adapter_slot,
         encoded=encoded,
+        negative_prompt=request.negative_prompt,
+        encoded_negative=encoded_negative,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -28,13 +29,17 @@ from core.logs import bind
 from core.settings import Settings
 from core.storage import Storage, StorageUnavailable
 from core.tasks import TASK_FOR_KIND
+from core.webhooks import PROGRESS, STARTED, subscribed
 from model.errors import GenerationCanceled, InvalidInputError
 from worker.engine import Engine
 from worker.leases import Heartbeat
+from worker.model_versions import running_model_fields
+from worker.scratch import scratch_root
 
 log = logging.getLogger(__name__)
 
 TerminalCallback = Callable[[Job], None]
+EventCallback = Callable[[Job, str], None]
 StopCheck = Callable[[], bool]
 
 
@@ -48,6 +53,7 @@ class JobContext:
     settings: Settings
     worker_id: str
     on_terminal: TerminalCallback | None = None  # gets every job a delivery made terminal (webhooks)
+    on_event: EventCallback | None = None  # `job.started` / `job.progress` webhooks (JobQueue.notify_event)
 
 
 # A kind's handler: (running job, context, stop check, stage seconds to fill) -> the succeeded job's new fields.
@@ -83,20 +89,28 @@ def deliver(job_id: str, ctx: JobContext, handlers: Mapping[JobKind, JobHandler]
         # Nothing is counted or leased yet: the task is sent again with backoff (celery_app), so an outage
         # holds jobs queued instead of draining the queue into failures.
         raise StorageUnavailable("object storage is unavailable: the job stays queued until it is back")
-    with bind(job_id=job.id, tenant=job.tenant):
-        final = _deliver(job, ctx, handlers[job.kind])
+    # A job pinned to a model version this worker lacks is sent on, uncounted (worker/model_versions.py).
+    ran_on = {} if job.status.terminal else running_model_fields(job, ctx.engine)
+    # Every line logged for the job carries the request id of the submission that created it.
+    with bind(job_id=job.id, tenant=job.tenant, request_id=job.request_id):
+        final = _deliver(job, ctx, handlers[job.kind], ran_on)
     if final is not None and final.status.terminal and ctx.on_terminal is not None:
         ctx.on_terminal(final)
     return final
 
 
-def _deliver(job: Job, ctx: JobContext, handler: JobHandler) -> Job | None:
-    """Take the lease, count the delivery, run; the job if this delivery made it terminal."""
+def _deliver(
+    job: Job, ctx: JobContext, handler: JobHandler, ran_on: dict[str, Any] | None = None
+) -> Job | None:
+    """Take the lease, count the delivery, run (recording the model version in `ran_on`); the job if this
+    delivery made it terminal."""
     store, worker = ctx.store, ctx.settings.worker
     context = {"worker_id": ctx.worker_id}
     if job.status.terminal:
         log.info("delivery dropped: the job is already %s", job.status.value, extra=context)
         return None
+    if job.status is JobStatus.queued and start_deadline_passed(job):
+        return _cancel_for_start_deadline(store, job, context)
     if not store.acquire_lease(job.id, ctx.worker_id, worker.lease_s):
         log.warning("duplicate delivery dropped: another worker holds a live lease", extra=context)
         return None
@@ -104,11 +118,16 @@ def _deliver(job: Job, ctx: JobContext, handler: JobHandler) -> Job | None:
         deliveries = store.record_delivery(job.id)
         if deliveries > worker.max_deliveries:
             return dead_letter(store, job, deliveries, worker.max_deliveries)
-        running = _mark_running(store, job, deliveries, ctx.worker_id)
+        running = _mark_running(store, job, deliveries, ctx.worker_id, ran_on or {})
         if running is None:
             log.info("delivery dropped: the job finished or was canceled meanwhile", extra=context)
             return None
-        log.info("job started", extra={**context, "delivery": deliveries, "kind": job.kind.value})
+        log.info(
+            "job started",
+            extra={**context, "delivery": deliveries, "kind": job.kind.value, "traceparent": job.traceparent},
+        )
+        if ctx.on_event is not None and subscribed(running, STARTED):
+            ctx.on_event(running, STARTED)
         queue = TASK_FOR_KIND[job.kind][1]
         running_gauge = metrics.JOBS_RUNNING.labels(queue=queue)
         with running_gauge.track_inprogress(), Heartbeat(store, job.id, ctx.worker_id, worker) as heartbeat:
@@ -117,16 +136,46 @@ def _deliver(job: Job, ctx: JobContext, handler: JobHandler) -> Job | None:
         store.release_lease(job.id, ctx.worker_id)
 
 
-def _mark_running(store: JobStore, job: Job, deliveries: int, worker_id: str) -> Job | None:
+def start_deadline_passed(job: Job, now: datetime | None = None) -> bool:
+    """Whether a queued job that never started has waited past its `start_deadline_s` (seconds after it was
+    created). A job requeued after its worker died had started: the deadline no longer applies."""
+    deadline_s = job.request.get("start_deadline_s")
+    if job.attempts:
+        return False
+    if not isinstance(deadline_s, int | float) or isinstance(deadline_s, bool):
+        return False
+    waited_s = ((now or datetime.now(UTC)) - job.created_at).total_seconds()
+    return waited_s > deadline_s
+
+
+def _cancel_for_start_deadline(store: JobStore, job: Job, context: dict[str, Any]) -> Job | None:
+    """Cancel a job no worker started within its start deadline (it is never run); None if it moved on meanwhile."""
+    deadline_s = job.request["start_deadline_s"]
+    error = JobError(
+        reason="start_deadline_exceeded",
+        message=f"no worker started the job within its start_deadline_s ({deadline_s:g} s); it was not run",
+    )
+    try:
+        final = store.transition(job.id, JobStatus.canceled, error=error)
+    except InvalidTransition:
+        return None
+    record_terminal(final)
+    log.info("job canceled: start deadline exceeded", extra={**context, "start_deadline_s": deadline_s})
+    return final
+
+
+def _mark_running(
+    store: JobStore, job: Job, deliveries: int, worker_id: str, ran_on: dict[str, Any]
+) -> Job | None:
     # `attempts` mirrors the delivery counter: the reaper's dead-letter decision reads it.
     current = store.get(job.id)
     if current is None or current.status.terminal:
         return None
     if current.status is JobStatus.running:
         # Its previous worker died and its lease ran out before the reaper requeued it; the lease is ours now.
-        return store.update(job.id, attempts=deliveries, worker_id=worker_id, progress=Progress())
+        return store.update(job.id, attempts=deliveries, worker_id=worker_id, progress=Progress(), **ran_on)
     try:
-        return store.transition(job.id, JobStatus.running, attempts=deliveries, worker_id=worker_id)
+        return store.transition(job.id, JobStatus.running, attempts=deliveries, worker_id=worker_id, **ran_on)
     except InvalidTransition:
         return None
 
@@ -153,9 +202,9 @@ def _run(job: Job, ctx: JobContext, handler: JobHandler, heartbeat: Heartbeat) -
             return None
         error = JobError(reason="canceled", message="canceled at the caller's request")
     except JobFailure as exc:
-        error = JobError(reason=exc.reason, message=exc.message)
+        error = JobError(reason=exc.reason, message=without_worker_paths(exc.message, ctx.settings))
     except (InvalidInputError, ValidationError) as exc:
-        error = JobError(reason="invalid_input", message=_short(str(exc)))
+        error = JobError(reason="invalid_input", message=_short(without_worker_paths(str(exc), ctx.settings)))
     except StorageUnavailable:
         log.exception("job failed: object storage stayed unavailable", extra=context)
         message = "object storage was unavailable for too long; submitting the job again may succeed"
@@ -192,6 +241,19 @@ def _finish(
     return final
 
 
+def without_worker_paths(message: str, settings: Settings) -> str:
+    """A message for the caller with the worker's file paths taken out: a fine-tune's dataset folder reads
+    "the dataset", any other path under the worker's scratch folder "a worker file"."""
+    root = scratch_root(settings)
+    for form in {str(root), str(root.resolve())}:
+        anchor = re.escape(form.rstrip("/"))
+        message = re.sub(
+            anchor + r"/finetunes/[^/\s]+/(?:work/)?dataset(?:/[^\s'\":;,()]*)?", "the dataset", message
+        )
+        message = re.sub(anchor + r"(?:/[^\s'\":;,()]*)?", "a worker file", message)
+    return message
+
+
 def _short(message: str, limit: int = 1000) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
@@ -219,10 +281,18 @@ class ProgressWriter:
     """Writes step/total/eta (and loss) to the job store at most every ``interval_s``, and the last step.
 
     It is a ``ProgressCallback`` for generation and takes the trainer's keyword calls (with ``loss``) as is.
+    ``on_written`` gets the job after each write (``progress_webhook``).
     """
 
-    def __init__(self, store: JobStore, job_id: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        interval_s: float,
+        on_written: Callable[[Job], None] | None = None,
+    ) -> None:
         self._store, self._job_id, self._interval_s = store, job_id, interval_s
+        self._on_written = on_written
         self._last_at = float("-inf")
 
     def __call__(self, step: int, total: int, eta_s: float | None, loss: float | None = None) -> None:
@@ -231,6 +301,26 @@ class ProgressWriter:
             return
         self._last_at = now
         try:
-            self._store.set_progress(self._job_id, step, total, eta_s=eta_s, loss=loss)
+            job = self._store.set_progress(self._job_id, step, total, eta_s=eta_s, loss=loss)
+            if self._on_written is not None:
+                self._on_written(job)
         except Exception:
             log.warning("progress write failed", extra={"job_id": self._job_id}, exc_info=True)
+
+
+def progress_webhook(job: Job, ctx: JobContext) -> Callable[[Job], None] | None:
+    """Sends `job.progress` webhooks of a job that asked for them, at most every
+    `FAE_WEBHOOK_PROGRESS_INTERVAL_S` (the last step is left to the terminal event)."""
+    on_event = ctx.on_event
+    if on_event is None or not subscribed(job, PROGRESS):
+        return None
+    interval_s, last_at = ctx.settings.webhooks.progress_interval_s, float("-inf")
+
+    def send(current: Job) -> None:
+        nonlocal last_at
+        now = time.monotonic()
+        if now - last_at >= interval_s and current.progress.step < current.progress.total:
+            last_at = now
+            on_event(current, PROGRESS)
+
+    return send

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.contract import AdapterRecord, FinetuneParams, Job, adapter_key, checkpoints_key, dataset_key
 from worker.checkpoints import CheckpointMirror
-from worker.jobs.common import JobContext, JobFailure, ProgressWriter, StopCheck, Throttled
+from worker.jobs.common import JobContext, JobFailure, ProgressWriter, StopCheck, Throttled, progress_webhook
 from worker.scratch import fetch_prefix, scratch_path
 
 # What the trainer's report adds to the adapter record (the rest stays in the worker's log).
@@ -49,7 +49,9 @@ def run_finetune(
             raise JobFailure("invalid_input", f"the dataset at {prefix!r} is empty: upload images or a zip")
         source = files[0] if len(files) == 1 and files[0].suffix.lower() == ".zip" else dataset_dir
         output_dir = workdir / "adapter"
-        progress = ProgressWriter(store, job.id, settings.worker.progress_interval_s)
+        progress = ProgressWriter(
+            store, job.id, settings.worker.progress_interval_s, progress_webhook(job, ctx)
+        )
         cancel = Throttled(should_stop, settings.worker.cancel_poll_s)
         mirror = CheckpointMirror(
             storage,
@@ -89,7 +91,8 @@ def run_finetune(
                 {
                     "id": adapter_id,
                     "tenant": job.tenant,
-                    "model": engine.resolve_model(job.model or params.model),
+                    # Adapters belong to a model name (any of its versions), not to an engine key.
+                    "model": engine.resolve_model(job.model or params.model).partition("@")[0],
                     "name": params.name,
                     "key": adapter_prefix,
                     "job_id": job.id,

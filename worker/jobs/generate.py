@@ -7,14 +7,15 @@ import time
 from typing import Any
 
 from core import metrics
-from core.contract import GenerateRequest, Job
+from core.contract import GenerateRequest, Job, ProvenanceRecord
 from core.jobstore import JobStore
 from core.settings import Settings, WorkerSettings
 from core.storage import Storage
 from model.errors import InvalidInputError
 from worker.engine import AdapterSpec, GenerationRequest
-from worker.jobs.common import JobContext, ProgressWriter, StopCheck, Throttled
-from worker.outputs import upload_images
+from worker.jobs.common import JobContext, ProgressWriter, StopCheck, Throttled, progress_webhook
+from worker.outputs import encode_image, upload_images
+from worker.provenance import ImageProvenance, mark_images, provenance_for, sign_outputs
 from worker.scratch import fetch_prefix
 
 
@@ -31,27 +32,56 @@ def run_generate(
     # Progress writes and cancel polls run here, on the job's own thread, while the engine thread batches this
     # job's steps with every other job the worker holds.
     result = engine.submit(generation).wait(
-        on_progress=ProgressWriter(store, job.id, worker.progress_interval_s),
+        on_progress=ProgressWriter(store, job.id, worker.progress_interval_s, progress_webhook(job, ctx)),
         should_cancel=Throttled(should_stop, worker.cancel_poll_s),
         poll_s=poll_interval(worker),
     )
     started = time.perf_counter()
+    encoded, applied = mark_and_sign(job, request, ctx, result.images, result.seeds, result.model, adapter)
+    provenance_s, started = time.perf_counter() - started, time.perf_counter()
     outputs = upload_images(
         storage,
         job.tenant,
         job.id,
-        result.images,
+        encoded,
         result.seeds,
         request.output_format,
         ctx.settings.storage.storage_retry_s,
     )
-    stages = {"denoise": result.denoise_s, "decode": result.decode_s, "upload": time.perf_counter() - started}
+    stages = {
+        "denoise": result.denoise_s,
+        "decode": result.decode_s,
+        "provenance": provenance_s,
+        "upload": time.perf_counter() - started,
+    }
     for stage, seconds in stages.items():
         metrics.JOB_DURATION.labels(kind=job.kind.value, stage=stage).observe(seconds)
         timings[stage] = round(seconds, 4)
     metrics.IMAGES_GENERATED.labels(model=result.model).inc(len(outputs))
     engine.record_memory()
-    return {"outputs": outputs, "seeds": result.seeds, "model": result.model}
+    # `model` stays as admitted (a name, or its `name@version` pin); the version it ran on is in model_version.
+    model = job.model or result.model
+    return {"outputs": outputs, "seeds": result.seeds, "model": model, "provenance": applied}
+
+
+def mark_and_sign(
+    job: Job,
+    request: GenerateRequest,
+    ctx: JobContext,
+    images: list[Any],
+    seeds: list[int],
+    model: str,
+    adapter: AdapterSpec | None,
+) -> tuple[list[tuple[bytes, str]], ProvenanceRecord]:
+    """Watermark, encode and sign the images (worker/provenance.py); what was applied."""
+    provenance = provenance_for(ctx.settings.provenance)
+    inputs = ImageProvenance(
+        job, request, model, request.adapter, adapter.local_dir if adapter is not None else None
+    )
+    images, watermarked = mark_images(provenance, ctx.store, inputs, images)
+    encoded = [encode_image(image, request.output_format) for image in images]
+    encoded, signed = sign_outputs(provenance, inputs, encoded, seeds, watermarked)
+    return encoded, ProvenanceRecord(c2pa=signed, watermark=watermarked)
 
 
 def poll_interval(worker: WorkerSettings) -> float:

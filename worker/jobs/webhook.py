@@ -7,23 +7,39 @@ import logging
 from core.jobstore import JobStore
 from core.settings import Settings
 from core.storage import Storage, presign_outputs
-from core.webhooks import deliver, retry_delay_s, secret_for_tenant
+from core.webhooks import PROGRESS, deliver, retry_delay_s, signing_secrets, subscribed, terminal_event
 
 log = logging.getLogger(__name__)
 
 
 def attempt_delivery(
-    job_id: str, attempt: int, store: JobStore, storage: Storage, settings: Settings
+    job_id: str,
+    attempt: int,
+    store: JobStore,
+    storage: Storage,
+    settings: Settings,
+    event: str | None = None,
 ) -> float | None:
-    """Deliver the job's webhook once; seconds until the next attempt, or None when done (or given up)."""
+    """Deliver the job's `event` (default: its terminal status) once; seconds until the next attempt, or None
+    when done (or given up, or not wanted: the job's `webhook_events` leave it out). Progress events are best
+    effort: one attempt, none once the job finished (its terminal event follows)."""
     job = store.get(job_id)
     if job is None or not job.webhook_url:
         return None
-    context = {"job_id": job.id, "tenant": job.tenant, "attempt": attempt}
+    event = event or terminal_event(job)
+    if not subscribed(job, event) or (event == PROGRESS and job.status.terminal):
+        return None
+    context = {
+        "job_id": job.id,
+        "tenant": job.tenant,
+        "request_id": job.request_id,
+        "attempt": attempt,
+        "event": event,
+    }
     job = presign_outputs(job, storage, settings.storage.presign_expiry_s)
-    secret = secret_for_tenant(job.tenant, settings.webhooks, settings.process.data_dir)
-    outcome = deliver(job, job.webhook_url, secret, settings.webhooks)
-    if not outcome.retryable:
+    secrets = signing_secrets(job.tenant, store, settings.webhooks, settings.process.data_dir)
+    outcome = deliver(job, job.webhook_url, secrets, settings.webhooks, event)
+    if not outcome.retryable or event == PROGRESS:
         return None
     if attempt >= settings.webhooks.max_attempts:
         log.error("webhook given up after %d attempts", attempt, extra=context)

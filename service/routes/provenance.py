@@ -1,0 +1,110 @@
+"""`POST /v1/provenance/verify`: does an image carry our Content Credentials, and which of the caller's jobs
+made it (from the credentials or the invisible watermark)? Another tenant's job is never named."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+
+from core.provenance import CredentialStatus, sniff_format, trust_anchors, verify_credentials
+from core.settings import ProvenanceSettings
+from core.watermark import detect, payload_hex
+from service.deps import GenerateCaller, Services, ServicesDep
+from service.problems import ProblemError
+from service.schemas import CredentialsCheck, ProvenanceVerification, WatermarkCheck
+
+router = APIRouter(prefix="/v1/provenance", tags=["provenance"])
+
+
+@lru_cache(maxsize=4)
+def our_anchors(settings: ProvenanceSettings) -> bytes | None:
+    """The CA certificates whose signatures are ours: the signer chain's top and any configured extra."""
+    chain = settings.c2pa_sign_cert.read_bytes() if settings.c2pa_sign_cert else None
+    extra = settings.c2pa_trust_anchors.read_bytes() if settings.c2pa_trust_anchors else None
+    return trust_anchors(chain or None, extra or None)  # an empty file (/dev/null in Compose) is none
+
+
+def unreadable(detail: str) -> ProblemError:
+    return ProblemError(
+        422,
+        "Invalid request",
+        f"file: {detail}",
+        slug="validation-error",
+        errors=[{"loc": ["body", "file"], "msg": detail, "type": "value_error"}],
+    )
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image | None:
+    """The pixels, for the watermark; None when they do not decode (a tampered file still gets its
+    credentials checked). Too many pixels, judged from the header, is the caller's error."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except _DECODE_ERRORS as exc:
+        raise unreadable("the image's header cannot be read") from exc
+    if width * height > max_pixels:
+        raise unreadable(f"the image is {width}x{height} pixels; at most {max_pixels} are accepted")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except _DECODE_ERRORS:
+        return None
+
+
+def verify_image(data: bytes, tenant: str, services: Services) -> ProvenanceVerification:
+    if sniff_format(data) is None:
+        raise unreadable("send a PNG, JPEG or WebP image")
+    image = _decode(data, services.settings.gateway.max_image_pixels)
+    report = verify_credentials(data, our_anchors(services.settings.provenance))
+    store = services.store
+    credentials = CredentialsCheck(
+        status=report.status.value,
+        signer=report.signer,
+        digital_source_type=report.digital_source_type,
+        failures=report.failures,
+    )
+    if report.status is CredentialStatus.valid and report.generation:
+        claimed = str(report.generation.get("job_id") or "")
+        if claimed and store.get_for_tenant(tenant, claimed) is not None:
+            credentials.job_id = claimed
+        credentials.model = report.generation.get("model")
+    watermark = WatermarkCheck(found=False)
+    found = detect(image) if image is not None else None
+    if found is not None:
+        watermark.found = True
+        owner = store.find_watermark(tenant, payload_hex(found.payload))  # only the caller's tenant's index
+        if owner is not None:
+            watermark.job_id, watermark.output_index = owner
+    return ProvenanceVerification(
+        credentials=credentials, watermark=watermark, job_id=credentials.job_id or watermark.job_id
+    )
+
+
+@router.post(
+    "/verify",
+    response_model=ProvenanceVerification,
+    summary="Check an image's Content Credentials and watermark",
+    responses={
+        413: {"description": "The image is larger than FAE_MAX_DATASET_FILE_BYTES (problem+json)."},
+        422: {"description": "Not a PNG, JPEG or WebP image, or too many pixels (problem+json)."},
+    },
+)
+async def verify_provenance(
+    file: Annotated[UploadFile, File(description="The image (PNG, JPEG or WebP).")],
+    principal: GenerateCaller,
+    services: ServicesDep,
+) -> ProvenanceVerification:
+    limit = services.settings.gateway.max_dataset_file_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ProblemError(413, None, f"the image is larger than {limit} bytes", "upload-too-large")
+    return await run_in_threadpool(verify_image, data, principal.tenant, services)
