@@ -58,6 +58,8 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-
     && chown -R fae:fae /models /cache /data /run/fae-metrics
 # The shipped demo model with its fae-manifest.json (outside /models, which a volume covers); read-only.
 COPY --chown=root:root models/fae-demo /opt/fae/models/fae-demo
+# Its few-step student (1, 2 or 4 steps, guidance built in), served by name beside it.
+COPY --chown=root:root models/fae-demo-turbo /opt/fae/models/fae-demo-turbo
 # Compile caches live on a volume (/cache) so a restarted worker skips most of its compile warm-up.
 ENV FAE_HOST=0.0.0.0 \
     FAE_DATA_DIR=/data \
@@ -69,7 +71,7 @@ ENV FAE_HOST=0.0.0.0 \
     CUDA_CACHE_PATH=/cache/compile/cuda \
     HF_HOME=/cache/huggingface \
     HF_HUB_OFFLINE=1 \
-    FAE_MODELS=fae-demo=/opt/fae/models/fae-demo
+    FAE_MODELS=fae-demo=/opt/fae/models/fae-demo,fae-demo-turbo=/opt/fae/models/fae-demo-turbo
 WORKDIR /home/fae
 USER 10001:10001
 EXPOSE 9101

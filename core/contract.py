@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, mode
 # Limits of a request. The model stack checks the same numbers at its own API (model/ imports nothing of
 # ours, so it keeps copies); tests/architecture/test_limits.py keeps each pair equal.
 MAX_IMAGES_PER_REQUEST = 8
+# Image-to-image: where an input image starts on the noise path when the request names no strength.
+DEFAULT_STRENGTH = 0.6
 MAX_STEPS = 250
 MAX_GUIDANCE_INTERVALS = 8
 # Seeds stay below 2^53, the largest integer a JSON number keeps exactly in JavaScript (a browser or Node
@@ -76,6 +78,7 @@ RequestEcho = Annotated[
 class JobKind(enum.StrEnum):
     generate = "generate"
     finetune = "finetune"
+    embed = "embed"
 
 
 class JobStatus(enum.StrEnum):
@@ -123,7 +126,8 @@ StartDeadline = Annotated[
         gt=0,
         le=MAX_START_DEADLINE_S,
         description="Seconds the job may wait in the queue: a job no worker started by then never starts; it is "
-        "canceled, with error reason `start_deadline_exceeded`, when a worker reaches it.",
+        "canceled, with error reason `start_deadline_exceeded`, by the reaper's next pass (every few seconds) or "
+        "by the worker that reaches it first.",
     ),
 ]
 Sampler = Literal["euler", "euler_maruyama"]
@@ -229,14 +233,53 @@ class GenerateRequest(StrictModel):
         description="`false` leaves out the invisible watermark (only for tenants the operator allows; others get "
         "403). Content Credentials are always attached.",
     )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Image-to-image: the input image as a `data:image/...;base64,` URI or a key under your "
+        "`tenants/<tenant>/` prefix (or a multipart file part). The job's record shows where it was stored.",
+    )
+    strength: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description=f"With `image`: how far along the noise path the image starts ({DEFAULT_STRENGTH} if "
+        "omitted): 1 is plain generation, small values stay close to the image, 0 is its reconstruction "
+        "(encode and decode only, one output).",
+    )
 
     @model_validator(mode="after")
     def _one_condition(self) -> GenerateRequest:
         if self.prompt is not None and self.class_label is not None:
             raise ValueError("give either `prompt` or `class_label`, not both")
+        if self.strength is not None and self.image is None:
+            raise ValueError("`strength` needs an `image`")
+        if self.image is not None and self.strength == 0 and self.n != 1:
+            raise ValueError("`strength: 0` (reconstruction) gives one image: send `n: 1`")
         if self.guidance_intervals is not None and self.guidance_schedule != "constant":
             raise ValueError("give either `guidance_intervals` or a named `guidance_schedule`, not both")
         return self
+
+
+EmbeddingKind = Literal["latent", "latent_tokens", "encoder"]
+MAX_EMBED_IMAGES = 16
+
+
+class EmbedRequest(StrictModel):
+    """Body of `POST /v1/embeddings` (README: Embeddings says which vector suits what)."""
+
+    model: str | None = Field(default=None, max_length=128, description="Model name; default if omitted.")
+    images: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        max_length=MAX_EMBED_IMAGES,
+        description="`data:image/...;base64,` URIs or keys under your `tenants/<tenant>/` prefix "
+        "(or multipart file parts named `images`).",
+    )
+    kind: EmbeddingKind = Field(
+        default="latent",
+        description="`latent`: the FAE latent averaged over its grid (channels); `latent_tokens`: one latent "
+        "vector per grid cell, row-major; `encoder`: the frozen encoder's patch features averaged.",
+    )
 
 
 class FinetuneParams(StrictModel):
@@ -386,12 +429,38 @@ class AdapterRecord(AdapterInfo):
         return AdapterInfo.model_validate(self.model_dump(exclude={"tenant", "key"}))
 
 
+class RetiredWebhookSecret(BaseModel):
+    """A secret a rotation replaced: it keeps signing beside the current one until `valid_until`."""
+
+    secret: str = Field(min_length=1)
+    valid_until: datetime
+
+
 class WebhookSecretRecord(BaseModel):
-    """A tenant's webhook secret after a rotation, and the one it replaced while both still sign."""
+    """A tenant's webhook secret after a rotation, and the ones earlier rotations replaced (newest first)."""
 
     current: str = Field(min_length=1)
-    previous: str | None = None
-    previous_until: datetime | None = Field(default=None, description="The previous secret signs until then.")
+    retired: list[RetiredWebhookSecret] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_previous(cls, data: Any) -> Any:
+        """A record stored before rotations kept a list had one `previous` secret and its `previous_until`."""
+        if isinstance(data, dict) and "retired" not in data and data.get("previous"):
+            until = data.get("previous_until")
+            data = {
+                "current": data.get("current"),
+                "retired": [{"secret": data["previous"], "valid_until": until}] if until else [],
+            }
+        return data
+
+    def signing(self, now: datetime) -> list[str]:
+        """The secrets that sign now: the current one, then each retired one whose overlap has not ended."""
+        return [self.current, *(r.secret for r in self.retired if r.valid_until > now)]
+
+    def overlap_until(self, now: datetime) -> datetime | None:
+        """When the last retired secret stops signing; None when none signs any more."""
+        return max((r.valid_until for r in self.retired if r.valid_until > now), default=None)
 
 
 class DeadLetter(BaseModel):
@@ -405,6 +474,14 @@ class DeadLetter(BaseModel):
     at: datetime = Field(description="When it was dead-lettered.")
 
 
+def start_deadline_at(job: Job) -> datetime | None:
+    """When a job that never started stops being worth starting (`start_deadline_s` after it was created)."""
+    deadline_s = job.request.get("start_deadline_s")
+    if not isinstance(deadline_s, int | float) or isinstance(deadline_s, bool):
+        return None
+    return job.created_at + timedelta(seconds=deadline_s)
+
+
 def job_prefix(tenant: str, job_id: str) -> str:
     """Where a job's outputs live (deleted with the job, or by retention)."""
     return f"tenants/{tenant}/jobs/{job_id}/"
@@ -413,6 +490,16 @@ def job_prefix(tenant: str, job_id: str) -> str:
 def output_key(tenant: str, job_id: str, index: int, ext: str) -> str:
     """Deterministic object key: a redelivered job overwrites its own outputs, never someone else's."""
     return f"{job_prefix(tenant, job_id)}{index}.{ext}"
+
+
+def input_key(tenant: str, job_id: str, index: int, ext: str) -> str:
+    """Where the gateway stores a job's input image (beside its outputs: same retention, deleted with it)."""
+    return f"{job_prefix(tenant, job_id)}inputs/{index}.{ext}"
+
+
+def embeddings_key(tenant: str, job_id: str) -> str:
+    """Where an embed job's worker writes its vectors (JSON) for the gateway to answer with."""
+    return f"{job_prefix(tenant, job_id)}embeddings.json"
 
 
 def adapter_key(tenant: str, adapter_id: str) -> str:

@@ -31,6 +31,7 @@ from celery.utils.nodenames import anon_nodename
 from core.contract import Job
 from core.settings import Settings
 from core.tasks import QUEUE_WEBHOOKS, TASK_FOR_KIND, TASK_WEBHOOK, make_celery
+from core.webhooks import EmittedEvent
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ class CeleryJobQueue(JobQueue):
 
     def notify_event(self, job: Job, event: str) -> None:
         if job.webhook_url:
-            send_webhook_task(self.app, job.id, attempt=1, event=event)
+            emitted = EmittedEvent.of(job, event).model_dump(mode="json")
+            send_webhook_task(self.app, job.id, attempt=1, event=event, emitted=emitted)
 
     def depth(self, queue_name: str) -> int:
         return int(self._redis.llen(queue_name))
@@ -177,14 +179,25 @@ class CeleryJobQueue(JobQueue):
 
 
 def send_webhook_task(
-    app: Any, job_id: str, attempt: int, countdown_s: float = 0.0, event: str | None = None
+    app: Any,
+    job_id: str,
+    attempt: int,
+    countdown_s: float = 0.0,
+    event: str | None = None,
+    emitted: dict[str, Any] | None = None,
 ) -> None:
-    """Queue one delivery attempt of a job's webhook (``event``; None: its terminal status) on the CPU-side
-    ``webhooks`` queue."""
+    """Queue one delivery attempt of a job's webhook (``event``; None: its terminal status; ``emitted``: a start
+    or progress event as captured when emitted, see `core.webhooks.EmittedEvent`) on the CPU-side ``webhooks``
+    queue. The arguments only grow at the end, so a worker takes messages sent with fewer."""
     options: dict[str, Any] = {"countdown": countdown_s} if countdown_s > 0 else {}
+    args: list[Any] = [job_id, attempt]
+    if event is not None or emitted is not None:
+        args.append(event)
+    if emitted is not None:
+        args.append(emitted)
     app.send_task(
         TASK_WEBHOOK,
-        args=[job_id, attempt] if event is None else [job_id, attempt, event],
+        args=args,
         queue=QUEUE_WEBHOOKS,
         routing_key=QUEUE_WEBHOOKS,
         ignore_result=True,

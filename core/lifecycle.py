@@ -3,15 +3,18 @@
 ``record_terminal`` is the only place that counts a job reaching a terminal state (whoever made it so: the
 worker that ran it, the reaper, a cancel of a queued job, a failed enqueue). ``dead_letter`` is the one
 dead-letter policy: the reason the caller sees, the store's dead-letter list, the counters and the log line.
+``cancel_past_start_deadline`` is the one start-deadline policy (the worker that reaches such a job, and the
+reaper's sweep of jobs no worker reached).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from core import metrics
-from core.contract import Job, JobStatus
-from core.jobstore import JobStore
+from core.contract import Job, JobError, JobStatus, start_deadline_at
+from core.jobstore import InvalidTransition, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -42,4 +45,34 @@ def dead_letter(store: JobStore, job: Job, deliveries: int, max_deliveries: int)
     ):
         record_terminal(final)
     log.error("job dead-lettered", extra={"job_id": job.id, "tenant": job.tenant, "deliveries": deliveries})
+    return final
+
+
+def start_deadline_passed(job: Job, now: datetime | None = None) -> bool:
+    """Whether a queued job that never started has waited past its `start_deadline_s`. A job requeued after
+    its worker died had started: the deadline no longer applies."""
+    if job.status is not JobStatus.queued or job.attempts:
+        return False
+    deadline_at = start_deadline_at(job)
+    return deadline_at is not None and (now or datetime.now(UTC)) > deadline_at
+
+
+def cancel_past_start_deadline(store: JobStore, job: Job) -> Job | None:
+    """Cancel a job no worker started within its start deadline (it is never run); the canceled job, or None
+    if it was not due or moved on meanwhile."""
+    if not start_deadline_passed(job):
+        return None
+    deadline_s = job.request["start_deadline_s"]
+    error = JobError(
+        reason="start_deadline_exceeded",
+        message=f"no worker started the job within its start_deadline_s ({deadline_s:g} s); it was not run",
+    )
+    try:
+        final = store.transition(job.id, JobStatus.canceled, error=error)
+    except InvalidTransition:
+        return None
+    record_terminal(final)
+    log.info(
+        "job canceled: start deadline exceeded", extra={"job_id": job.id, "start_deadline_s": deadline_s}
+    )
     return final

@@ -121,13 +121,10 @@ def _key_usage(*, signing: bool) -> x509.KeyUsage:
     )
 
 
-def make_development_signer(valid_days: int = 825) -> tuple[bytes, bytes, bytes]:
-    """A fresh development CA and a leaf signer it issued: (CA PEM, chain PEM (leaf + CA), leaf key PEM).
-
-    The CA has keyCertSign, the leaf digitalSignature and the emailProtection EKU that C2PA accepts for
-    claim signers, both with subject/authority key identifiers, as the C2PA SDK's validation requires."""
+def make_development_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh development CA (keyCertSign, a subject key identifier) and its key."""
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(DEV_CA_NAME)
     ca = (
         x509.CertificateBuilder()
@@ -142,10 +139,21 @@ def make_development_signer(valid_days: int = 825) -> tuple[bytes, bytes, bytes]
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca, ca_key
+
+
+def issue_development_signer(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, valid_days: int = 825
+) -> tuple[bytes, bytes]:
+    """A leaf signer ``ca`` issues: (chain PEM (leaf + CA), leaf key PEM). The leaf has digitalSignature and the
+    emailProtection EKU that C2PA accepts for claim signers, and subject/authority key identifiers, as the C2PA
+    SDK's validation requires."""
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
         .subject_name(_name(DEV_SIGNER_NAME))
-        .issuer_name(ca_name)
+        .issuer_name(ca.subject)
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
@@ -160,9 +168,16 @@ def make_development_signer(valid_days: int = 825) -> tuple[bytes, bytes, bytes]
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    ca_pem = ca.public_bytes(pem)
     key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return ca_pem, leaf.public_bytes(pem) + ca_pem, key_pem
+    return leaf.public_bytes(pem) + ca.public_bytes(pem), key_pem
+
+
+def make_development_signer(valid_days: int = 825) -> tuple[bytes, bytes, bytes]:
+    """A fresh development CA and a leaf signer it issued: (CA PEM, chain PEM (leaf + CA), leaf key PEM).
+    The CA's key is not kept: nothing else is ever issued under it."""
+    ca, ca_key = make_development_ca()
+    chain_pem, key_pem = issue_development_signer(ca, ca_key, valid_days)
+    return ca.public_bytes(serialization.Encoding.PEM), chain_pem, key_pem
 
 
 def ensure_development_signer(data_dir: Path) -> tuple[Path, Path]:
@@ -238,9 +253,9 @@ def sign_image(
 
 
 class CredentialStatus(enum.StrEnum):
-    valid = "valid"  # signed by a certificate of our trust anchors, nothing changed since
+    valid = "valid"  # signed by our signer (or under a CA the operator trusts whole), nothing changed since
     tampered = "tampered"  # a manifest whose signature or content hashes no longer match
-    unknown_signer = "unknown_signer"  # intact, but signed by someone our anchors do not know
+    unknown_signer = "unknown_signer"  # intact, but signed by someone else (also: another leaf of our CA)
     none = "none"  # no Content Credentials at all
 
 
@@ -264,6 +279,45 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class SignerTrust:
+    """Whose signatures verify reports as `valid`: the configured signer, pinned to its own leaf certificate
+    (its chain's top CA is the anchor, but another certificate that CA issued is someone else), and the CAs
+    the operator trusts whole (`FAE_C2PA_TRUST_ANCHORS`, `fae verify --trust`)."""
+
+    signer_chain_pem: bytes | None = None
+    extra_anchors_pem: bytes | None = None
+
+    @property
+    def anchors_pem(self) -> bytes | None:
+        """Every CA certificate the SDK checks chains against: the signer chain's top and the extra ones."""
+        anchors = []
+        if self.signer_chain_pem:
+            top = x509.load_pem_x509_certificates(self.signer_chain_pem)[-1]
+            anchors.append(top.public_bytes(serialization.Encoding.PEM))
+        if self.extra_anchors_pem:
+            anchors.append(self.extra_anchors_pem)
+        return b"".join(anchors) or None
+
+    def is_our_leaf(self, signature_info: dict[str, Any]) -> bool:
+        """Whether the manifest's signing certificate (as the SDK describes it) is our signer's leaf: the same
+        serial number, issuer organization and subject common name. Asked only of a manifest the SDK found
+        trusted, so the certificate chains to one of our anchors, whose serial numbers are unique."""
+        if not self.signer_chain_pem:
+            return False
+        leaf = x509.load_pem_x509_certificates(self.signer_chain_pem)[0]
+
+        def first(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+            values = name.get_attributes_for_oid(oid)
+            return str(values[0].value) if values else None
+
+        return (
+            str(signature_info.get("cert_serial_number")) == str(leaf.serial_number)
+            and signature_info.get("issuer") == first(leaf.issuer, NameOID.ORGANIZATION_NAME)
+            and signature_info.get("common_name") == first(leaf.subject, NameOID.COMMON_NAME)
+        )
+
+
 def _read_store(data: bytes, trust_anchors_pem: bytes | None) -> dict[str, Any] | None:
     fmt = sniff_format(data)
     if fmt is None:
@@ -284,12 +338,13 @@ def _read_store(data: bytes, trust_anchors_pem: bytes | None) -> dict[str, Any] 
         return {"validation_state": "Invalid", "_error": str(exc)}
 
 
-def verify_credentials(data: bytes, trust_anchors_pem: bytes | None) -> CredentialReport:
+def verify_credentials(data: bytes, trust: SignerTrust | None) -> CredentialReport:
     """Whether ``data`` carries Content Credentials, and whether they are ours and intact.
 
-    ``trust_anchors_pem``: the CA certificates whose signatures count as ours (the signer chain's root and
-    any the operator adds); without any, every intact manifest is from an unknown signer."""
-    store = _read_store(data, trust_anchors_pem)
+    ``trust``: whose signatures count as ours (see `SignerTrust`); without it, every intact manifest is from
+    an unknown signer."""
+    trust = trust or SignerTrust()
+    store = _read_store(data, trust.anchors_pem)
     if store is None:
         return CredentialReport(CredentialStatus.none, [])
     state = store.get("validation_state")
@@ -312,7 +367,15 @@ def verify_credentials(data: bytes, trust_anchors_pem: bytes | None) -> Credenti
         ),
         None,
     )
-    signer = (active.get("signature_info") or {}).get("common_name")
+    signature_info = active.get("signature_info") or {}
+    signer = signature_info.get("common_name")
+    if (
+        state == "Trusted"
+        and not trust.is_our_leaf(signature_info)
+        and not _trusted_by(data, trust.extra_anchors_pem)
+    ):
+        state = "Valid"  # chains to our signer's CA, but is not our signer: someone else that CA certified
+        failures = [*failures, "signingCredential.untrusted"]
     if state == "Trusted":
         status = CredentialStatus.valid
     elif [f for f in failures if f not in trust_failures] or state not in ("Valid", "Trusted"):
@@ -345,16 +408,19 @@ def forbids_training(data: bytes) -> bool:
     return False
 
 
-def trust_anchors(chain_pem: bytes | None, extra_pem: bytes | None = None) -> bytes | None:
-    """Our trust anchors: the top certificate of the signer's chain (its root, or the highest CA given)
-    and any extra anchors the operator configured."""
-    anchors = []
-    if chain_pem:
-        chain = x509.load_pem_x509_certificates(chain_pem)
-        anchors.append(chain[-1].public_bytes(serialization.Encoding.PEM))
-    if extra_pem:
-        anchors.append(extra_pem)
-    return b"".join(anchors) or None
+def _trusted_by(data: bytes, anchors_pem: bytes | None) -> bool:
+    """Whether the image's active manifest chains to one of ``anchors_pem`` (CAs trusted whole)."""
+    if not anchors_pem:
+        return False
+    return (_read_store(data, anchors_pem) or {}).get("validation_state") == "Trusted"
+
+
+def trust_anchors(chain_pem: bytes | None, extra_pem: bytes | None = None) -> SignerTrust | None:
+    """Whose signatures count as ours: the signer of ``chain_pem`` (leaf first; pinned to that leaf, under the
+    chain's top CA) and the CAs in ``extra_pem`` the operator trusts whole. None when neither is given."""
+    if not chain_pem and not extra_pem:
+        return None
+    return SignerTrust(chain_pem or None, extra_pem or None)
 
 
 def fingerprint_files(paths: list[Path]) -> str:

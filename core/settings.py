@@ -357,7 +357,7 @@ class ProvenanceSettings(_Group):
     )
     c2pa_trust_anchors: Path | None = Field(
         None,
-        description="more PEM CA certificates whose signatures verify counts as ours (the signer chain's root always does)",
+        description="more PEM CA certificates trusted whole: a signature by any certificate they issued verifies as ours (the signer's own leaf always does; other certificates of its CA do not)",
     )
     c2pa_without_signer: Literal["refuse", "off"] = Field(
         "refuse",

@@ -19,6 +19,7 @@ from core.settings import Settings
 TASK_GENERATE = "fae.generate"
 TASK_FINETUNE = "fae.finetune"
 TASK_WEBHOOK = "fae.webhook"
+TASK_EMBED = "fae.embed"
 
 QUEUE_GENERATE = "generate"
 QUEUE_FINETUNE = "finetune"
@@ -29,6 +30,8 @@ ALL_QUEUES = (QUEUE_GENERATE, QUEUE_FINETUNE, QUEUE_WEBHOOKS)
 TASK_FOR_KIND: dict[JobKind, tuple[str, str]] = {
     JobKind.generate: (TASK_GENERATE, QUEUE_GENERATE),
     JobKind.finetune: (TASK_FINETUNE, QUEUE_FINETUNE),
+    # Embeddings run on the generate workers' engine (the same GPU path), answered synchronously.
+    JobKind.embed: (TASK_EMBED, QUEUE_GENERATE),
 }
 
 
@@ -42,6 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             TASK_GENERATE: {"queue": QUEUE_GENERATE},
             TASK_FINETUNE: {"queue": QUEUE_FINETUNE},
+            TASK_EMBED: {"queue": QUEUE_GENERATE},
             TASK_WEBHOOK: {"queue": QUEUE_WEBHOOKS},
         },
         "task_serializer": "json",

@@ -35,6 +35,10 @@ SCALES = (1.0, 0.5, 0.75, 2 / 3, 0.8, 0.9, 0.6, 1.25, 1.5, 2.0)
 # and offset tried) and its correlation peak stands out of the tile's other offsets.
 MIN_SYNC_MATCHES = 16
 MIN_PEAK_Z = 4.5
+# Reading looks at a centred window of at most this many pixels a side (at the scale tried): the tile repeats
+# every TILE pixels, so the window holds (READ_WINDOW / TILE)^2 copies of the mark, plenty of votes, and the
+# cost of a verification stays bounded whatever the size of the upload.
+READ_WINDOW = 1024
 
 _LAYOUT_SEED = 0x0FAE5E  # the chip layout is public; the payload's key is what makes marks unforgeable
 _SYNC = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 1, 0, 1], dtype=np.int8)
@@ -167,10 +171,11 @@ def read(image: Image.Image, scales: tuple[float, ...] = SCALES) -> Detection | 
     rgb = image.convert("RGB")
     best: Detection | None = None
     for scale in scales:
-        width, height = round(rgb.width / scale), round(rgb.height / scale)
+        window = _centre(rgb, round(READ_WINDOW * scale))
+        width, height = round(window.width / scale), round(window.height / scale)
         if min(width, height) < TILE:
             continue
-        resized = rgb if scale == 1.0 else rgb.resize((width, height), Image.Resampling.BICUBIC)
+        resized = window if scale == 1.0 else window.resize((width, height), Image.Resampling.BICUBIC)
         found = _read(_luma(resized))
         if found is None:
             continue
@@ -180,6 +185,15 @@ def read(image: Image.Image, scales: tuple[float, ...] = SCALES) -> Detection | 
         if found.sync_matches == SYNC_BITS and found.peak_z >= 2 * MIN_PEAK_Z:
             break  # unmistakable: no need to try the other scales
     return best
+
+
+def _centre(image: Image.Image, side: int) -> Image.Image:
+    """The image's centre, at most `side` pixels a side."""
+    width, height = min(image.width, side), min(image.height, side)
+    if (width, height) == image.size:
+        return image
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def detect(image: Image.Image) -> Detection | None:

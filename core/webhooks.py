@@ -3,7 +3,9 @@
 Signature: `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{webhook-id}.{webhook-timestamp}.{body}")>`,
 with the secret the base64 after `whsec_`. Each tenant has its own secret (configured, or derived from the
 operator's signing key, or set by a rotation); for `FAE_WEBHOOK_ROTATION_OVERLAP_S` after a rotation the old
-secret signs too, space-separated in the same header, so receivers can switch over without losing events.
+secret signs too, space-separated in the same header, so receivers can switch over without losing events. Each
+rotation retires the secret it replaces with its own overlap, so rotating again within an overlap keeps the
+older secrets signing too (at most `MAX_RETIRED_SECRETS` of them).
 The worker's webhook task calls `deliver` once per attempt and retries with `retry_delay_s`; `webhook-id` is
 the same on every attempt of one event, so receivers can deduplicate.
 
@@ -35,15 +37,17 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import BaseModel
 
 from core import metrics
-from core.contract import TERMINAL_WEBHOOK_EVENTS, Job, WebhookSecretRecord
+from core.contract import TERMINAL_WEBHOOK_EVENTS, Job, Progress, RetiredWebhookSecret, WebhookSecretRecord
 from core.jobstore import WebhookSecretBook
 from core.settings import WebhookSettings
 
 logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
+MAX_RETIRED_SECRETS = 4  # a header carries at most this many old signatures beside the current one
 _SIGNING_KEY_FILE = "webhook-signing-key"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -235,25 +239,32 @@ def secret_for_tenant(tenant: str, webhooks: WebhookSettings, data_dir: Path) ->
 def signing_secrets(
     tenant: str, book: WebhookSecretBook, webhooks: WebhookSettings, data_dir: Path
 ) -> list[str]:
-    """The secrets that sign the tenant's webhooks now: the current one, and the one a rotation replaced
-    while its overlap lasts."""
+    """The secrets that sign the tenant's webhooks now: the current one, then each one a rotation replaced
+    while its overlap lasts (newest first)."""
     record = book.get_webhook_secrets(tenant)
     if record is None:
         return [secret_for_tenant(tenant, webhooks, data_dir)]
-    if record.previous and record.previous_until and datetime.now(UTC) < record.previous_until:
-        return [record.current, record.previous]
-    return [record.current]
+    return record.signing(datetime.now(UTC))
 
 
 def rotate_secret(
     tenant: str, book: WebhookSecretBook, webhooks: WebhookSettings, data_dir: Path
 ) -> WebhookSecretRecord:
-    """A new secret for the tenant; the one it replaces keeps signing for `rotation_overlap_s`."""
-    current = signing_secrets(tenant, book, webhooks, data_dir)[0]
-    until = datetime.now(UTC) + timedelta(seconds=webhooks.rotation_overlap_s)
-    record = WebhookSecretRecord(current=generate_secret(), previous=current, previous_until=until)
-    book.put_webhook_secrets(tenant, record)
-    return record
+    """A new secret for the tenant; the one it replaces keeps signing for `rotation_overlap_s`, and so do the
+    ones earlier rotations replaced, until their own overlaps end. Atomic in the store: two rotations at once
+    both count, one after the other."""
+    fresh = generate_secret()
+
+    def rotated(record: WebhookSecretRecord | None) -> WebhookSecretRecord:
+        now = datetime.now(UTC)
+        replaced = record.current if record else secret_for_tenant(tenant, webhooks, data_dir)
+        still_signing = [r for r in (record.retired if record else []) if r.valid_until > now]
+        if webhooks.rotation_overlap_s > 0:
+            until = now + timedelta(seconds=webhooks.rotation_overlap_s)
+            still_signing.insert(0, RetiredWebhookSecret(secret=replaced, valid_until=until))
+        return WebhookSecretRecord(current=fresh, retired=still_signing[:MAX_RETIRED_SECRETS])
+
+    return book.update_webhook_secrets(tenant, rotated)
 
 
 # --- events and delivery -------------------------------------------------------------------------------
@@ -292,13 +303,32 @@ class DeliveryOutcome:
         return self.outcome == "error"
 
 
-def webhook_id_for(job: Job, event: str | None = None) -> str:
-    """Stable across attempts of one event (one job reaching one status; a start per attempt; a step)."""
+class EmittedEvent(BaseModel):
+    """What identifies a `job.started` / `job.progress` event, captured when the worker emits it and carried in
+    the webhook task's arguments: its delivery may come after the job moved on (a later step, a requeue), and
+    its id, step and time stay the emitted ones."""
+
+    attempts: int
+    progress: Progress
+    at: datetime
+
+    @classmethod
+    def of(cls, job: Job, event: str) -> EmittedEvent:
+        at = job.started_at if event == STARTED and job.started_at else datetime.now(UTC)
+        return cls(attempts=job.attempts, progress=job.progress, at=at)
+
+
+def webhook_id_for(job: Job, event: str | None = None, emitted: EmittedEvent | None = None) -> str:
+    """Stable across attempts of one event (one job reaching one status; a start per attempt; a step). A
+    start or progress event is named by what it was when emitted (without that, an old task's message: the
+    job as it is now)."""
     event = event or terminal_event(job)
+    attempts = emitted.attempts if emitted else job.attempts
     if event == STARTED:
-        return f"msg_{job.id}_started_{job.attempts}"
+        return f"msg_{job.id}_started_{attempts}"
     if event == PROGRESS:
-        return f"msg_{job.id}_progress_{job.attempts}_{job.progress.step}"
+        step = emitted.progress.step if emitted else job.progress.step
+        return f"msg_{job.id}_progress_{attempts}_{step}"
     return f"msg_{job.id}_{event.removeprefix('job.')}"
 
 
@@ -309,14 +339,20 @@ def webhook_data(job: Job) -> dict[str, object]:
     return data
 
 
-def payload_for(job: Job, event: str | None = None) -> bytes:
+def payload_for(job: Job, event: str | None = None, emitted: EmittedEvent | None = None) -> bytes:
+    """The event's body: the job as it is now, with an emitted progress event's own progress and time."""
     event = event or terminal_event(job)
     at = {STARTED: job.started_at, PROGRESS: datetime.now(UTC)}.get(event, job.finished_at)
+    data = webhook_data(job)
+    if emitted is not None and event in (STARTED, PROGRESS):
+        at = emitted.at
+        if event == PROGRESS:
+            data["progress"] = emitted.progress.model_dump(mode="json")
     body = {
         "type": event,
-        "id": webhook_id_for(job, event),
+        "id": webhook_id_for(job, event, emitted),
         "timestamp": (at or job.created_at).isoformat(),
-        "data": webhook_data(job),
+        "data": data,
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -334,17 +370,22 @@ def _host_header(target: WebhookTarget) -> str:
 
 
 def deliver(
-    job: Job, url: str, secret: str | list[str], webhooks: WebhookSettings, event: str | None = None
+    job: Job,
+    url: str,
+    secret: str | list[str],
+    webhooks: WebhookSettings,
+    event: str | None = None,
+    emitted: EmittedEvent | None = None,
 ) -> DeliveryOutcome:
-    """POST the job's `event` (default: its terminal status) to `url` once, signed with each secret; the URL is
-    validated again and the connection pinned to the validated address, so a DNS change between request and
-    delivery cannot redirect it inward."""
-    webhook_id = webhook_id_for(job, event)
+    """POST the job's `event` (default: its terminal status; `emitted`: what a start or progress event was when
+    emitted) to `url` once, signed with each secret; the URL is validated again and the connection pinned to the
+    validated address, so a DNS change between request and delivery cannot redirect it inward."""
+    webhook_id = webhook_id_for(job, event, emitted)
     try:
         target = check_webhook_url(url, webhooks)
     except WebhookURLRefused as exc:
         return _record(job, DeliveryOutcome("refused", webhook_id, detail=str(exc)))
-    body = payload_for(job, event)
+    body = payload_for(job, event, emitted)
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",

@@ -28,6 +28,7 @@ from service.catalog import describe_models
 from worker.embedded_queue import InProcessJobQueue
 
 DEV_KEY_FILE = "dev-api-key"
+WEBHOOK_SECRETS_FILE = "webhook-secrets.json"  # rotated webhook secrets: a restart must not undo a rotation
 
 
 def dev_key(data_dir: Path) -> str:
@@ -42,12 +43,13 @@ def dev_key(data_dir: Path) -> str:
 
 def embedded_settings(settings: Settings) -> tuple[Settings, str | None]:
     """The embedded variant of ``settings``, and the development key when one was made for it."""
-    from model.repository import default_model_dir  # the model runs in this process anyway
+    from model.repository import default_model_dir, shipped_extra_models  # the model runs in this process
 
     data_dir = Path(settings.process.data_dir)
     changes: dict[str, object] = {"storage_backend": "local"}
     if not settings.catalog.models:
-        changes["models"] = f"default={default_model_dir(data_dir / 'models')}"
+        models = {"default": default_model_dir(data_dir / "models"), **shipped_extra_models()}
+        changes["models"] = ",".join(f"{name}={path}" for name, path in models.items())
     key = None
     if not (settings.gateway.api_keys or settings.gateway.api_keys_file):
         key = dev_key(data_dir)
@@ -62,8 +64,11 @@ def embedded_settings(settings: Settings) -> tuple[Settings, str | None]:
 
 
 def create_embedded_app(settings: Settings) -> FastAPI:
-    """The gateway app with a memory job store, local storage and an in-process worker."""
-    store = MemoryJobStore(settings.limits)
+    """The gateway app with a memory job store (its rotated webhook secrets kept under the data directory),
+    local storage and an in-process worker."""
+    store = MemoryJobStore(
+        settings.limits, webhook_secrets_file=Path(settings.process.data_dir) / WEBHOOK_SECRETS_FILE
+    )
     storage = make_storage(settings)
     queue = InProcessJobQueue(settings, store, storage)
     return create_app(settings, job_store=store, storage=storage, job_queue=queue)

@@ -1,7 +1,8 @@
 """`fae verify IMAGE...`: check images' Content Credentials and watermark offline (no server, no API key).
 
-Trusted signers are the configured signer chain's root (FAE_C2PA_SIGN_CERT), embedded mode's development CA
-when it exists under FAE_DATA_DIR, FAE_C2PA_TRUST_ANCHORS and any `--trust` files. Offline there is no job
+Trusted signers are the configured signer (FAE_C2PA_SIGN_CERT's leaf, under its chain's root; another
+certificate of that CA is not ours), else embedded mode's development signer when it exists under FAE_DATA_DIR,
+and any CA in FAE_C2PA_TRUST_ANCHORS and the `--trust` files (trusted whole). Offline there is no job
 store, so the watermark's payload is printed, not looked up (the API's verify names the job).
 Exit status: 0 when every image has valid credentials, 1 otherwise, 2 for a file that is not an image.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from core.provenance import SignerTrust
     from core.settings import Settings
 
 # The C2PA SDK, numpy and Pillow are imported when the command runs, not when `fae` builds its parser.
@@ -30,7 +32,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(handler=verify_command)
 
 
-def anchors(settings: Settings, extra: list[Path]) -> bytes | None:
+def anchors(settings: Settings, extra: list[Path]) -> SignerTrust | None:
     from core.provenance import DEV_DIR, trust_anchors
 
     provenance = settings.provenance
@@ -44,7 +46,7 @@ def anchors(settings: Settings, extra: list[Path]) -> bytes | None:
     return trust_anchors(chain.read_bytes() if chain else None, b"".join(pems) or None)
 
 
-def verify_file(path: Path, trusted: bytes | None) -> dict[str, object]:
+def verify_file(path: Path, trusted: SignerTrust | None) -> dict[str, object]:
     from PIL import Image, UnidentifiedImageError
 
     from core.provenance import sniff_format, verify_credentials

@@ -28,6 +28,7 @@ import torch
 
 from .adapters import NO_ADAPTER
 from .guidance import Condition, GuidanceSchedule, guided_rows, guided_velocity
+from .img2img import noised, start_grid
 from .scheduling import FlowMatchingScheduler, check_steps
 
 if TYPE_CHECKING:  # the pipeline builds its batchers from this module
@@ -56,6 +57,10 @@ class Sample:
     schedule: GuidanceSchedule = field(default_factory=lambda: GuidanceSchedule.constant(1.0))
     stochastic: bool = False
     adapter_slot: int = NO_ADAPTER
+    # Image-to-image (model/img2img.py): the input's normalised latent, noised to `start_t` with this sample's
+    # seed; `num_steps` then counts the steps from `start_t` to 0. None: plain generation from noise (t = 1).
+    init_latent: torch.Tensor | None = None
+    start_t: float = 1.0
 
 
 @dataclass
@@ -127,12 +132,16 @@ class StepBatcher:
         for sample in samples:
             check_steps(sample.num_steps)
             generator = self._new_generator(sample.seed)
-            new_x.append(self._draw(generator, 1))
+            noise = self._draw(generator, 1)  # drawn alike for every sample: strength 1 is plain generation
+            grid = start_grid(self.scheduler, sample.num_steps, sample.start_t)
+            if sample.init_latent is not None and sample.start_t < 1.0:
+                noise = noised(sample.init_latent.to(self.device), noise, grid[0])
+            new_x.append(noise)
             # An SDE sample draws its noise for every step now, from its own generator: it depends on the seed
             # alone (never on the batch), and the step loop draws nothing.
             self._noise.append(self._draw(generator, sample.num_steps) if sample.stochastic else None)
             self._samples.append(sample)
-            self._grids.append(self.scheduler.timesteps(sample.num_steps).double().tolist())
+            self._grids.append(grid)
             self._step_index.append(0)
             cond_rows.append(sample.cond)
             uncond_rows.append(sample.uncond)

@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+# With --image and no --strength (kept equal to core.contract.DEFAULT_STRENGTH; model/ imports nothing of ours).
+DEFAULT_STRENGTH = 0.6
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from .preset_configs import PRESETS
@@ -58,6 +61,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--sampler", default="euler", choices=["euler", "euler_maruyama"])
     gen.add_argument("--adapter", type=Path, help="LoRA adapter directory from `fae finetune`")
     gen.add_argument("--adapter-scale", type=float, default=1.0)
+    gen.add_argument("--image", type=Path, help="image-to-image: the input image (PNG, JPEG or WebP)")
+    gen.add_argument(
+        "--strength",
+        type=float,
+        help="with --image: where on the noise path it starts (0.6 if omitted; 1 = plain generation, "
+        "0 = reconstruction)",
+    )
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     gen.add_argument(
         "-o", "--out", type=Path, default=Path("out.png"), help="PNG path; with --n > 1, a suffix _i"
@@ -67,6 +77,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .training.commands import add_training_commands
 
     add_training_commands(sub)
+
+    from .training.distill_command import add_distill_command
+
+    add_distill_command(sub)
 
     from .weights_commands import add_weights_commands
 
@@ -99,9 +113,13 @@ def model_init(args: argparse.Namespace) -> int:
 
 def generate(args: argparse.Namespace) -> int:
     from .devices import resolve_device
+    from .errors import InvalidInputError
     from .io import write_bytes_atomically
     from .repository import load_pipeline
 
+    if args.strength is not None and args.image is None:
+        raise InvalidInputError("--strength needs --image")
+    image = _open_image(args.image) if args.image is not None else None
     pipe = load_pipeline(args.model, device=str(resolve_device(args.device)))
     if args.adapter is not None:
         pipe.load_adapter(args.adapter, scale=args.adapter_scale)
@@ -117,6 +135,8 @@ def generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=args.sampler,
         callback=progress,
+        image=image,
+        strength=(DEFAULT_STRENGTH if args.strength is None else args.strength) if image is not None else 1.0,
     )
     progress.close()  # type: ignore[attr-defined]
     paths = _output_paths(args.out, len(out.images))
@@ -126,6 +146,22 @@ def generate(args: argparse.Namespace) -> int:
         write_bytes_atomically(path, buffer.getvalue())
         print(f"{path}  seed={seed}")
     return 0
+
+
+def _open_image(path: Path):
+    """The input image, its size judged from the header before anything decodes it (model/img2img.py)."""
+    import PIL.Image
+
+    from .errors import InvalidInputError
+    from .img2img import prepare_input_image
+
+    try:
+        with PIL.Image.open(path) as image:
+            return prepare_input_image(image)
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise InvalidInputError(f"{path} is not a readable PNG, JPEG or WebP image") from exc
 
 
 def _guidance_interval(text: str) -> tuple[float, float, float]:

@@ -18,6 +18,7 @@ from diffusers.utils import BaseOutput
 from .batching import Sample, StepBatcher, StepCallback
 from .errors import GenerationCanceled, InvalidInputError
 from .guidance import Condition, GuidanceSchedule
+from .img2img import check_strength, images_to_tensor, steps_from
 from .scheduling import check_sampler, check_steps
 
 COMPONENT_MODULES = (
@@ -158,6 +159,35 @@ class FAEPipeline(DiffusionPipeline):
             out.append(((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0))
         return torch.cat(out)
 
+    @torch.no_grad()
+    def encode_pil(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """Users' images (any size; EXIF orientation, alpha on white: model/img2img.py) → normalised latents
+        (the compressor's posterior mean)."""
+        if self.encoder is None or self.compressor is None:
+            raise InvalidInputError("this model has no encoder/compressor: it cannot take input images")
+        return self.encode_images(images_to_tensor(images, self.encoder.image_size))
+
+    @torch.no_grad()
+    def reconstruct(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
+        """Strength 0: encode and decode only (how faithfully the model represents each image); B×3×H×W."""
+        return self.decode_latents(self.encode_pil(images))
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[PIL.Image.Image], kind: str) -> torch.Tensor:
+        """Vectors of users' images: `latent` (the normalised latent averaged over its grid, C), `latent_tokens`
+        (per grid cell, g²×C, row-major), `encoder` (the frozen encoder's tokens averaged, D)."""
+        if self.encoder is None or self.compressor is None:
+            raise InvalidInputError("this model has no encoder/compressor: it cannot embed images")
+        pixels = images_to_tensor(images, self.encoder.image_size).to(self.device)
+        if kind == "encoder":
+            return self.encoder(pixels).float().mean(dim=1)
+        latents = self.encode_images(pixels).float()
+        if kind == "latent":
+            return latents.mean(dim=(2, 3))
+        if kind == "latent_tokens":
+            return latents.flatten(2).transpose(1, 2)
+        raise InvalidInputError(f"unknown embedding kind {kind!r}; choose latent, latent_tokens or encoder")
+
     # --- conditions ------------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> Condition:
         emb = self.text_encoder.encode(prompts)
@@ -269,6 +299,8 @@ class FAEPipeline(DiffusionPipeline):
         negative_prompt: str | None = None,
         guidance_intervals: Sequence[tuple[float, float, float]] | None = None,
         encoded_negative: Condition | None = None,
+        image: PIL.Image.Image | None = None,
+        strength: float = 1.0,
     ) -> list[Sample]:
         """Validate a request and turn it into one `Sample` per image (keys `(key, index)`, or the index).
         `encoded`: its prompts already encoded; `negative_prompt`: the unconditional branch's text, and
@@ -280,11 +312,17 @@ class FAEPipeline(DiffusionPipeline):
 
         `guidance_intervals`: `(t_min, t_max, scale)` triples (t = 1 is noise), with `guidance_scale` outside
         them, instead of a named `guidance_schedule` (model/guidance.py).
+
+        `image` with `strength` in (0, 1): image-to-image (model/img2img.py): every sample starts from the
+        image's latent noised to t = strength and runs the steps from there (strength 1: plain generation).
         """
         from .adapters import NO_ADAPTER, has_adapter_slots
 
         check_steps(num_inference_steps)
         check_sampler(sampler)
+        guided = guidance_scale != 1.0 or bool(guidance_intervals) or guidance_schedule != "constant"
+        guided = guided or negative_prompt is not None  # a negative prompt acts through guidance only
+        self.scheduler.check_supported(num_inference_steps, guided, sampler)
         schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale, guidance_intervals)
         cond, uncond, batch = self.prepare_conditions(
             prompt, class_labels, num_images, encoded, negative_prompt, encoded_negative
@@ -292,16 +330,27 @@ class FAEPipeline(DiffusionPipeline):
         if adapter_slot != NO_ADAPTER and not has_adapter_slots(self.generator):
             raise InvalidInputError("adapter_slot needs adapter slots attached to the generator")
         seeds = self.resolve_seeds(seed, batch)
+        strength = check_strength(strength)
+        init_latent, start_t, steps = None, 1.0, num_inference_steps
+        if image is not None and strength < 1.0:
+            if strength <= 0.0:
+                raise InvalidInputError("strength 0 is reconstruction: call reconstruct(), not generation")
+            init_latent = self.encode_pil([image])
+            start_t, steps = strength, steps_from(self.scheduler, num_inference_steps, strength)
+        elif image is None and strength != 1.0:
+            raise InvalidInputError("strength needs an input image")
         return [
             Sample(
                 key=row if key is None else (key, row),
                 seed=seeds[row],
-                num_steps=num_inference_steps,
+                num_steps=steps,
                 cond={k: v[row : row + 1] for k, v in cond.items()},
                 uncond={k: v[row : row + 1] for k, v in uncond.items()},
                 schedule=schedule,
                 stochastic=sampler == "euler_maruyama",
                 adapter_slot=adapter_slot,
+                init_latent=init_latent,
+                start_t=start_t,
             )
             for row in range(batch)
         ]
@@ -350,9 +399,16 @@ class FAEPipeline(DiffusionPipeline):
         callback: StepCallback | None = None,
         negative_prompt: str | None = None,
         guidance_intervals: Sequence[tuple[float, float, float]] | None = None,
+        image: PIL.Image.Image | None = None,
+        strength: float = 1.0,
     ) -> FAEPipelineOutput:
+        """Generate; with `image`, image-to-image at `strength` (0: its reconstruction, 1: plain generation)."""
         if output_type not in ("pil", "np", "pt"):
             raise InvalidInputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if image is not None and check_strength(strength) == 0.0:
+            images = self.reconstruct([image]).repeat(num_images, 1, 1, 1)
+            seeds = self.resolve_seeds(seed, num_images)  # unused: reconstruction draws nothing
+            return FAEPipelineOutput(images=to_output(images, output_type), seeds=seeds)
         samples = self.prepare_samples(
             prompt,
             class_labels,
@@ -364,15 +420,18 @@ class FAEPipeline(DiffusionPipeline):
             sampler,
             negative_prompt=negative_prompt,
             guidance_intervals=guidance_intervals,
+            image=image,
+            strength=strength,
         )
         batcher = self.step_batcher()
         batcher.add(samples)
         latents: dict[int, torch.Tensor] = {}
-        for i in range(num_inference_steps):
+        total = samples[0].num_steps
+        for i in range(total):
             for done in batcher.step(self.generator):
                 latents[done.key] = done.latent
-            if callback is not None and callback(i + 1, num_inference_steps):
-                raise GenerationCanceled(f"generation canceled after step {i + 1} of {num_inference_steps}")
+            if callback is not None and callback(i + 1, total):
+                raise GenerationCanceled(f"generation canceled after step {i + 1} of {total}")
         x = torch.cat([latents[row] for row in range(len(samples))])
         images = self.decode_latents(x)
         return FAEPipelineOutput(images=to_output(images, output_type), seeds=[s.seed for s in samples])

@@ -14,6 +14,9 @@ from .pipeline import FAEPipeline
 
 # A trained demo model shipped with the repository (see its model card); absent until one is trained.
 SHIPPED_DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "fae-demo"
+# Its few-step student (model/training/distill.py), served beside it by name in embedded mode.
+SHIPPED_FEW_STEP_NAME = "fae-demo-turbo"
+SHIPPED_FEW_STEP_DIR = SHIPPED_DEMO_DIR.with_name(SHIPPED_FEW_STEP_NAME)
 
 
 def default_cache_dir() -> Path:
@@ -31,6 +34,13 @@ def default_model_dir(cache_dir: Path | None = None) -> Path:
         with contextlib.suppress(FileExistsError):  # another process created it first
             write_directory_atomically(target, pipe.save_pretrained)
     return target
+
+
+def shipped_extra_models() -> dict[str, Path]:
+    """Shipped models served beside the default one (by name) when no catalog is configured."""
+    if (SHIPPED_FEW_STEP_DIR / "model_index.json").is_file():
+        return {SHIPPED_FEW_STEP_NAME: SHIPPED_FEW_STEP_DIR}
+    return {}
 
 
 def check_model_dir(path: Path) -> None:

@@ -57,15 +57,44 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
         train_shift: float | None = None,
         sde_last_step_mean: bool = True,
         sde_diffusion: Literal["sigma", "half-sigma"] = "half-sigma",
+        supported_steps: list[int] | None = None,
+        distilled_guidance: float | None = None,
     ) -> None:
         # The class default stays "half-sigma" so that saved models (their scheduler_config.json has no
         # `sde_diffusion`) sample as before; the paper presets set "sigma" (model/preset_configs.py).
         if shift <= 0:
             raise InvalidInputError(f"timestep shift must be positive, got {shift}")
+        # A few-step distilled generator (model/training/distill.py) was trained at these step counts only,
+        # with guidance `distilled_guidance` built in (one call per step, no unconditional pass).
+        if supported_steps is not None and (
+            not supported_steps
+            or any(not isinstance(n, int) or not 1 <= n <= MAX_STEPS for n in supported_steps)
+        ):
+            raise InvalidInputError(
+                f"supported_steps must be step counts from 1 to {MAX_STEPS}, got {supported_steps}"
+            )
         if sde_diffusion not in SDE_DIFFUSION_FACTORS:
             raise InvalidInputError(
                 f"unknown sde_diffusion {sde_diffusion!r}; choose one of {', '.join(SDE_DIFFUSION_FACTORS)}"
             )
+
+    def check_supported(self, num_steps: int, guided: bool = False, sampler: str = "euler") -> None:
+        """A distilled model's limits: its step counts, no guidance of the request's own (`guided`: a scale
+        other than 1, intervals or a named schedule), the deterministic sampler."""
+        supported = self.config.get("supported_steps")
+        if supported and num_steps not in supported:
+            raise InvalidInputError(
+                f"this few-step model supports num_inference_steps {', '.join(map(str, supported))}, "
+                f"got {num_steps}"
+            )
+        distilled = self.config.get("distilled_guidance")
+        if distilled is not None and guided:
+            raise InvalidInputError(
+                f"this model has guidance {distilled:g} distilled in (one call per step): leave guidance_scale "
+                "at 1, with no guidance intervals, schedule or negative prompt"
+            )
+        if supported and sampler != "euler":
+            raise InvalidInputError("a few-step distilled model samples with 'euler' only")
 
     # --- training -------------------------------------------------------------------------------
     def sample_training_timesteps(

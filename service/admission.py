@@ -10,6 +10,7 @@ published, and a job that cannot be published is marked failed, never dropped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from core import metrics
-from core.contract import GenerateRequest, Job, JobError, JobKind, JobStatus
+from core.contract import DEFAULT_STRENGTH, GenerateRequest, Job, JobError, JobKind, JobStatus
 from core.jobqueue import JobQueue
 from core.jobstore import InvalidTransition, JobRecords, JobStore, body_hash
 from core.jobstore.base import RATE_PERIOD_S, Admission, AdmissionOutcome, RateBudget, utcnow
@@ -26,8 +27,16 @@ from core.lifecycle import record_terminal
 from core.logs import job_id_var, request_id_var, traceparent_var
 from core.settings import LimitsSettings
 from service.deps import Services
+from service.input_images import checked_image, read_reference, store_inputs
 from service.problems import ProblemError, too_many_requests
-from service.validation import check_adapter, check_condition, check_watermark, check_webhook, resolve_model
+from service.validation import (
+    check_adapter,
+    check_condition,
+    check_few_step,
+    check_watermark,
+    check_webhook,
+    resolve_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +186,7 @@ def validated_job(services: Services, tenant: str, body: GenerateRequest, payloa
     """The job a valid body asks for (an adapter or a webhook address is looked up: runs in a thread)."""
     model = resolve_model(services.models, body.model)
     check_condition(body, model)
+    check_few_step(body, model)
     check_adapter(services.store, tenant, body, model)
     check_watermark(tenant, body, services.settings.provenance)
     webhook_url = check_webhook(body.webhook_url, services.settings.webhooks)
@@ -189,25 +199,68 @@ def validated_job(services: Services, tenant: str, body: GenerateRequest, payloa
 
 
 async def admit_generate(
-    services: Services, tenant: str, body: GenerateRequest, idempotency_key: str | None
+    services: Services,
+    tenant: str,
+    body: GenerateRequest,
+    idempotency_key: str | None,
+    upload: bytes | None = None,
 ) -> Admission:
     """Everything between a valid body and a published job. A retry with the same key and body gets its
     job back whatever the budget says, even if the body would no longer validate (its model or adapter was
-    removed since): the body hash is taken before the model name is filled in."""
+    removed since): the body hash is taken before the model name is filled in.
+
+    An input image (`body.image`, or `upload`: a multipart file) is checked first and stored under the new
+    job's prefix before the job is admitted; the job's request names the stored key instead."""
     limits = services.settings.limits
     payload = body.model_dump(mode="json")
-    digest = body_hash(payload)
+    image: tuple[bytes, str] | None = None
+    digest: str | None = None
     try:
-        if body.adapter is None and body.webhook_url is None:  # nothing to look up: no thread needed
+        if upload is not None or body.image is not None:
+            image = await run_in_threadpool(read_input_image, services, tenant, body, upload)
+            payload["image"] = hashlib.sha256(image[0]).hexdigest()  # the digest: same image, same request
+            payload["strength"] = DEFAULT_STRENGTH if body.strength is None else body.strength
+        digest = body_hash(payload)
+        if body.adapter is None and body.webhook_url is None and image is None:  # no look-up: no thread
             job = validated_job(services, tenant, body, payload)
         else:
             job = await run_in_threadpool(validated_job, services, tenant, body, payload)
+        if image is not None:
+            job = await run_in_threadpool(store_input_image, services, job, image)
     except ProblemError:
-        if idempotency_key:  # a check only: it replays, or stores and counts nothing
+        if idempotency_key and digest is not None:  # a check only: it replays, or stores and counts nothing
             earlier = await services.store.admit(
                 tenant, JobKind.generate, limits, None, idempotency_key, digest
             )
             if earlier.outcome is AdmissionOutcome.replayed:
                 return earlier
         raise
-    return await admit(services.store, services.queue, limits, job, idempotency_key, digest)
+    if image is None:
+        return await admit(services.store, services.queue, limits, job, idempotency_key, digest)
+    try:
+        admission = await admit(services.store, services.queue, limits, job, idempotency_key, digest)
+    except Exception:
+        await run_in_threadpool(services.storage.delete_keys, [job.request["image"]])
+        raise
+    if admission.outcome is AdmissionOutcome.replayed:  # the earlier job has its own copy
+        await run_in_threadpool(services.storage.delete_keys, [job.request["image"]])
+    return admission
+
+
+def read_input_image(
+    services: Services, tenant: str, body: GenerateRequest, upload: bytes | None
+) -> tuple[bytes, str]:
+    """The request's input image, checked (service/input_images.py): its bytes and extension."""
+    gateway = services.settings.gateway
+    if upload is not None:  # a multipart file part (its `image` field holds a placeholder)
+        data = upload
+    else:
+        assert body.image is not None
+        data = read_reference(body.image, "image", tenant, services.storage, gateway)
+    return data, checked_image(data, "image", gateway)
+
+
+def store_input_image(services: Services, job: Job, image: tuple[bytes, str]) -> Job:
+    """Store the input under the job's prefix; the job, its request naming the stored key."""
+    (key,) = store_inputs(services.storage, job.tenant, job.id, [image])
+    return job.model_copy(update={"request": {**job.request, "image": key}})

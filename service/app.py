@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from core import metrics
+from core.contract import MAX_EMBED_IMAGES
 from core.jobqueue import CeleryJobQueue, JobQueue
 from core.jobstore import JobStore, make_job_store
 from core.logs import configure_logging, register_secret
@@ -35,9 +36,11 @@ from service.problems import install_problem_handlers
 from service.routes import (
     adapters,
     admin,
+    embeddings,
     files,
     finetunes,
     generate,
+    generate_upload,
     health,
     images,
     jobs,
@@ -61,6 +64,11 @@ def _body_limits(gateway: GatewaySettings) -> Callable[[str, str], int]:
             return gateway.max_upload_bytes
         if method == "POST" and path.rstrip("/") == "/v1/provenance/verify":
             return gateway.max_dataset_file_bytes + 64 * 1024  # one image and its multipart framing
+        if method == "POST" and path.rstrip("/") == "/v1/generate":
+            # an input image (a file part, or a data URI: base64 is 4/3 of it) and the other fields
+            return gateway.max_dataset_file_bytes * 4 // 3 + 64 * 1024
+        if method == "POST" and path.rstrip("/") == "/v1/embeddings":
+            return MAX_EMBED_IMAGES * (gateway.max_dataset_file_bytes * 4 // 3) + 64 * 1024
         return gateway.max_body_bytes
 
     return limit_for
@@ -120,7 +128,9 @@ def create_app(
     install_problem_handlers(app)
     install_openapi(app)
     for module in (
+        generate_upload,  # multipart only; before the JSON route at the same path
         generate,
+        embeddings,
         images,
         jobs,
         finetunes,

@@ -36,6 +36,9 @@ class ModelInfo:
     fingerprint: str | None = None
     # The engine's key: the name for a name's current version, `name@version` for an older one kept loaded.
     key: str = ""
+    # A few-step distilled model (scheduler config): the step counts it runs, the guidance built into it.
+    supported_steps: tuple[int, ...] | None = None
+    distilled_guidance: float | None = None
 
     @property
     def current(self) -> bool:
@@ -52,6 +55,8 @@ class ModelInfo:
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "default": self.default,
+            "supported_steps": list(self.supported_steps) if self.supported_steps else None,
+            "distilled_guidance": self.distilled_guidance,
         }
 
     def job_fields(self, reference: str | None) -> dict[str, Any]:
@@ -99,6 +104,12 @@ def describe_model(
         grid, patch = _int_or_none(pixel.get("grid_size")), _int_or_none(pixel.get("patch_size"))
         image_size = grid * patch if grid and patch else _int_or_none(pixel.get("image_size"))
     identity = identify(path, version)
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    steps = scheduler.get("supported_steps")
+    supported = (
+        tuple(steps) if isinstance(steps, list) and all(_int_or_none(n) for n in steps) and steps else None
+    )
+    guidance = scheduler.get("distilled_guidance")
     return ModelInfo(
         name=name,
         path=path,
@@ -109,6 +120,8 @@ def describe_model(
         version=identity.version,
         fingerprint=identity.fingerprint,
         key=key or name,
+        supported_steps=supported,
+        distilled_guidance=float(guidance) if isinstance(guidance, int | float) else None,
     )
 
 

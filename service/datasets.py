@@ -9,6 +9,7 @@ decodes it; and `UploadSlots` bounds how many uploads a gateway process unpacks 
 
 from __future__ import annotations
 
+import io
 import re
 import tempfile
 import zipfile
@@ -68,20 +69,26 @@ def _extension(name: str) -> str:
     return name[dot:].lower() if dot > 0 else ""
 
 
-def check_image(name: str, path: Path, max_pixels: int) -> None:
+def check_image(name: str, path: Path | bytes, max_pixels: int) -> None:
     """A PNG, JPEG or WebP of at most `max_pixels`, judged from its header (a decompression bomb is refused
-    before anything decodes it) and then verified."""
+    before anything decodes it) and then verified. `path`: a file, or the image's bytes."""
+
+    def source() -> Path | io.BytesIO:
+        return io.BytesIO(path) if isinstance(path, bytes) else path
+
     try:
-        with Image.open(path) as image:
+        with Image.open(source()) as image:
             image_format, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own ceiling, far above ours: refused from the header
+        raise UploadRejected(f"{name} has too many pixels; at most {max_pixels} pixels are accepted") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UploadRejected(f"{name} is not a readable image") from exc
     if image_format not in IMAGE_FORMATS:
         raise UploadRejected(f"{name} is {image_format}; use PNG, JPEG or WebP")
     if width * height > max_pixels:
         raise UploadRejected(f"{name} is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
     try:
-        with Image.open(path) as image:
+        with Image.open(source()) as image:
             image.verify()
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadRejected(f"{name} is not a readable image") from exc

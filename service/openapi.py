@@ -65,6 +65,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("GET", "/readyz"): "readyz",
     ("GET", "/metrics"): "metrics",
     ("POST", "/v1/provenance/verify"): "verifyProvenance",
+    ("POST", "/v1/embeddings"): "createEmbeddings",
 }
 # Routes that answer errors in another shape (the OpenAI-compatible route answers OpenAI's): left as declared.
 FOREIGN_ERRORS = frozenset({"createImage"})
@@ -75,6 +76,7 @@ EXTRA_ERRORS: dict[str, tuple[int, ...]] = {
     "deleteJob": (409,),
     "getFile": (403,),
     "readyz": (503,),
+    "createEmbeddings": (429, 504),
 }
 NO_STORE = frozenset({"healthz", "getFile", "metrics"})  # answer without the job store or storage
 

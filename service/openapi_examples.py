@@ -170,18 +170,31 @@ MULTIPART_EXAMPLES: dict[str, Any] = {
         "trigger_phrase": "in acme style",
     },
     "verifyProvenance": {"file": "image.png"},
+    "generate": {"image": "product.png", "prompt": "red apple", "strength": 0.6, "n": 4, "seed": 1},
+    "createEmbeddings": {"images": ["a.png", "b.png"], "kind": "encoder"},
 }
 
 REQUEST_EXAMPLES: dict[str, Any] = {
     "generate": GENERATE_REQUEST_EXAMPLE,
     "createFinetune": {**FINETUNE_PARAMS_EXAMPLE, "s3_prefix": "tenants/acme/brand-images/"},
     "createImage": {"model": "default", "prompt": "a red apple", "n": 1, "response_format": "url"},
+    "createEmbeddings": {"images": ["tenants/acme/catalog/sku-1.png"], "kind": "latent"},
 }
 
 _JOB_PAGE = {"data": [JOB_EXAMPLE], "next_cursor": "1764590400000-3f2b9c1e"}
 
 RESPONSE_EXAMPLES: dict[str, dict[int, Any]] = {
     "generate": {200: JOB_EXAMPLE, 202: QUEUED_JOB_EXAMPLE},
+    "createEmbeddings": {
+        200: {
+            "object": "list",
+            "model": "fae-demo",
+            "kind": "latent",
+            "dimensions": 4,
+            "data": [{"index": 0, "embedding": [0.12, -0.53, 1.04, 0.08]}],
+            "job_id": _JOB_ID,
+        }
+    },
     "listJobs": {200: _JOB_PAGE},
     "getJob": {200: JOB_EXAMPLE},
     "cancelJob": {
@@ -219,4 +232,5 @@ ERROR_DETAILS: dict[int, tuple[str, str]] = {
     422: ("validation-error", "n: Input should be less than or equal to 8"),
     429: ("rate-limited", "more than 60 requests a minute for this tenant; slow down"),
     503: ("store-unavailable", "the job store is unreachable; retry shortly"),
+    504: ("timeout", "the embeddings were not ready within 60 s"),
 }

@@ -28,10 +28,11 @@ def presenting_blocks(job: Job) -> bool:
     return bool(job.outputs) or (job.status is JobStatus.queued and job.queue_position is None)
 
 
-def present_job(job: Job, services: Services, request: Request) -> Job:
-    """Outputs as presigned URLs (absolute) or, for `response_format: b64_json`, as base64 bytes, and the
+def present_job(job: Job, services: Services, request: Request, inline: bool = True) -> Job:
+    """Outputs as presigned URLs (absolute) or, for `response_format: b64_json`, as base64 bytes (unless
+    `inline` is off: listings carry URLs, so a page of 100 jobs never reads 800 images into memory), and the
     queue position of a queued job (looked up unless the job was read with it: `JobStore.fetch`, admission)."""
-    if job.outputs and job.request.get("response_format") == "b64_json":
+    if inline and job.outputs and job.request.get("response_format") == "b64_json":
         return with_links(inline_outputs(job, services.storage))
     job = presign_outputs(job, services.storage, services.settings.storage.presign_expiry_s)
     if job.outputs and any(o.url and o.url.startswith("/") for o in job.outputs):
@@ -65,11 +66,15 @@ def with_links(job: Job) -> Job:
 
 
 def inline_outputs(job: Job, storage: Storage) -> Job:
-    """The job with each output's image bytes in `b64_json` (and no URL), read from storage."""
-    outputs = [
-        o.model_copy(update={"b64_json": base64.b64encode(storage.get_bytes(o.key)).decode(), "url": None})
-        for o in job.outputs
-    ]
+    """The job with each output's image bytes in `b64_json` (and no URL), read from storage; an output that
+    retention or a delete has removed shows neither."""
+    outputs = []
+    for output in job.outputs:
+        try:
+            encoded: str | None = base64.b64encode(storage.get_bytes(output.key)).decode()
+        except FileNotFoundError:
+            encoded = None
+        outputs.append(output.model_copy(update={"b64_json": encoded, "url": None}))
     return job.model_copy(update={"outputs": outputs})
 
 
@@ -103,7 +108,10 @@ def listed_kind(principal: Principal, kind: JobKind | None) -> JobKind | None:
         if not principal.has(kind.value):
             raise missing_scope(kind.value)
         return kind
-    held = [k for k in JobKind if principal.has(k.value)]
+    # The kinds a scope creates: `embed` jobs come with `generate` (auth.Principal.has), so a key holding only
+    # `generate` lists generate jobs only. Were `embed` counted as a held kind, it would list every kind,
+    # fine-tunes included.
+    held = [k for k in (JobKind.generate, JobKind.finetune) if principal.has(k.value)]
     if not held:
         raise missing_scope(JobKind.generate.value)
     return held[0] if len(held) == 1 else None
@@ -117,7 +125,8 @@ def job_page(
         jobs, next_cursor = services.store.list_for_tenant(tenant, kind, limit, cursor)
     except ValueError as exc:
         raise invalid("cursor", "not a cursor this API returned") from exc
-    return JobPage(data=[present_job(job, services, request) for job in jobs], next_cursor=next_cursor)
+    shown = [present_job(job, services, request, inline=False) for job in jobs]
+    return JobPage(data=shown, next_cursor=next_cursor)
 
 
 def delete_job(services: Services, job: Job) -> None:

@@ -44,6 +44,14 @@ class Model(BaseModel):
     num_classes: int | None = Field(default=None, description="Class-conditional models: labels 0..n-1.")
     image_size: int | None = Field(default=None, description="Pixels a side of every image.")
     default: bool = Field(default=False, description="The model a request without `model` gets.")
+    supported_steps: list[int] | None = Field(
+        default=None,
+        description="A few-step distilled model: the only `steps` it runs (send one of them); null: any.",
+    )
+    distilled_guidance: float | None = Field(
+        default=None,
+        description="Guidance built into a distilled model (one call per step); leave `guidance_scale` at 1.",
+    )
 
 
 class ModelList(BaseModel):
@@ -62,7 +70,8 @@ class WebhookSecret(BaseModel):
     secret: str = Field(description="The current secret: verify deliveries with it.")
     previous_valid_until: datetime | None = Field(
         default=None,
-        description="After a rotation: until then deliveries also carry a signature by the previous secret.",
+        description="After a rotation: until then deliveries also carry a signature by the previous secret "
+        "(by each secret a rotation within the overlap replaced, too; this is when the last of them stops).",
     )
     scheme: str = "standard-webhooks"
     headers: list[str] = ["webhook-id", "webhook-timestamp", "webhook-signature"]

@@ -76,6 +76,29 @@ def check_condition(body: GenerateRequest, model: ModelInfo) -> None:
         raise invalid("prompt", "give a prompt or a class_label")
 
 
+def check_few_step(body: GenerateRequest, model: ModelInfo) -> None:
+    """A few-step distilled model runs only its own step counts, with its built-in guidance (catalog)."""
+    if model.supported_steps and body.steps not in model.supported_steps:
+        counts = ", ".join(map(str, model.supported_steps))
+        raise invalid(
+            "steps", f"model {model.name!r} is a few-step model: it runs steps {counts}, not {body.steps}"
+        )
+    if model.distilled_guidance is not None and (
+        body.guidance_scale != 1.0 or body.guidance_intervals or body.guidance_schedule != "constant"
+    ):
+        raise invalid(
+            "guidance_scale",
+            f"model {model.name!r} has guidance {model.distilled_guidance:g} built in: leave guidance_scale at 1 "
+            "with no guidance_intervals or guidance_schedule",
+        )
+    if model.distilled_guidance is not None and body.negative_prompt is not None:
+        raise invalid(
+            "negative_prompt",
+            f"model {model.name!r} has guidance built in: a negative prompt (which acts through guidance) "
+            "would have no effect",
+        )
+
+
 def check_adapter(adapters: AdapterRegistry, tenant: str, body: GenerateRequest, model: ModelInfo) -> None:
     if body.adapter is None:
         return

@@ -18,8 +18,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from core.jobstore import JobStore
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -106,6 +110,25 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_namespace() -> str:
     """A key prefix of its own for one test (pass as `Settings().override(redis_namespace=...)`)."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def any_store(request: pytest.FixtureRequest, redis_namespace: str) -> Iterator[JobStore]:
+    """A job store of each backend in turn: memory, and Redis on the real redis-server (its own namespace)."""
+    from core.jobstore import MemoryJobStore, RedisJobStore
+    from core.settings import Settings
+
+    settings = Settings().override(redis_namespace=redis_namespace)
+    if request.param == "memory":
+        yield MemoryJobStore(settings.limits)
+        return
+    settings = settings.override(redis_url=request.getfixturevalue("redis_server").url())
+    store = RedisJobStore(settings.redis, settings.limits)
+    try:
+        yield store
+    finally:
+        store.flush_namespace()
+        store.close()
 
 
 @dataclass(frozen=True)

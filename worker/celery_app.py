@@ -16,7 +16,7 @@ from core.jobqueue import send_webhook_task
 from core.logs import bind, configure_logging
 from core.settings import Settings, get_settings
 from core.storage import StorageUnavailable
-from core.tasks import TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
+from core.tasks import TASK_EMBED, TASK_FINETUNE, TASK_GENERATE, TASK_WEBHOOK, celery_config, make_celery
 from worker.jobs import execute_job
 from worker.jobs.webhook import attempt_delivery
 from worker.model_versions import ModelVersionUnavailable
@@ -62,14 +62,22 @@ def finetune(job_id: str) -> None:
     execute_job(job_id, runtime().job_context())
 
 
+@app.task(name=TASK_EMBED, ignore_result=True, **_STORE_OUTAGE)
+def embed(job_id: str) -> None:
+    execute_job(job_id, runtime().job_context())
+
+
 @app.task(name=TASK_WEBHOOK, ignore_result=True, **_STORE_OUTAGE)
-def webhook(job_id: str, attempt: int = 1, event: str | None = None) -> None:
+def webhook(
+    job_id: str, attempt: int = 1, event: str | None = None, emitted: dict[str, Any] | None = None
+) -> None:
+    """One delivery attempt; messages queued before `emitted` existed (two or three arguments) still deliver."""
     rt = runtime()
     assert rt.store is not None and rt.storage is not None
     with bind(job_id=job_id):
-        retry_in = attempt_delivery(job_id, attempt, rt.store, rt.storage, rt.settings, event)
+        retry_in = attempt_delivery(job_id, attempt, rt.store, rt.storage, rt.settings, event, emitted)
     if retry_in is not None:
-        send_webhook_task(app, job_id, attempt + 1, countdown_s=retry_in, event=event)
+        send_webhook_task(app, job_id, attempt + 1, countdown_s=retry_in, event=event, emitted=emitted)
 
 
 @signals.worker_init.connect

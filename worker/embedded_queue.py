@@ -2,7 +2,7 @@
 
 ``FAE_WORKER_CONCURRENCY`` threads run jobs through the same ``execute_job`` as the Celery tasks (so, as in a
 Celery worker, that many jobs share the engine's generator calls), one more delivers webhooks with the same
-retry policy. The model loads in the background at ``start``, so the gateway answers at once and turns ready
+retry policy, and one cancels queued jobs past their start deadline (a Celery deployment's reaper does that). The model loads in the background at ``start``, so the gateway answers at once and turns ready
 when the model is warm. Only the composition root (``fae/embedded.py``) builds one.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from core import metrics
 from core.contract import Job
@@ -22,10 +24,12 @@ from core.jobstore import JobStore
 from core.settings import Settings
 from core.storage import Storage
 from core.tasks import TASK_FOR_KIND
+from core.webhooks import EmittedEvent
 from worker.engine import Engine, load_and_warm
 from worker.jobs import execute_job
 from worker.jobs.common import JobContext, make_worker_id
 from worker.jobs.webhook import attempt_delivery
+from worker.leases import cancel_past_start_deadlines
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,9 @@ class InProcessJobQueue(JobQueue):
         self.settings, self.store, self.storage = settings, store, storage
         self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._waiting: collections.Counter[str] = collections.Counter()
-        self._webhooks: list[tuple[float, int, str, str]] = []  # heap of (due, attempt, job id, event or "")
+        # heap of (due, order, attempt, job id, event or "", emitted event or None); the order breaks ties
+        self._webhooks: list[tuple[float, int, int, str, str, dict[str, Any] | None]] = []
+        self._webhook_order = itertools.count()
         self._webhook_wakeup = threading.Condition()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -60,7 +66,8 @@ class InProcessJobQueue(JobQueue):
 
     def notify_event(self, job: Job, event: str) -> None:
         if job.webhook_url:
-            self.schedule_webhook(job.id, attempt=1, delay_s=0.0, event=event)
+            emitted = EmittedEvent.of(job, event).model_dump(mode="json")
+            self.schedule_webhook(job.id, attempt=1, delay_s=0.0, event=event, emitted=emitted)
 
     def depth(self, queue_name: str) -> int:
         with self._lock:
@@ -84,9 +91,10 @@ class InProcessJobQueue(JobQueue):
             threading.Thread(target=self._run_jobs, name=f"fae-inprocess-worker-{i}", daemon=True)
             for i in range(self.settings.worker.concurrency)
         ]
-        self._threads.append(
-            threading.Thread(target=self._run_webhooks, name="fae-inprocess-webhooks", daemon=True)
-        )
+        self._threads += [
+            threading.Thread(target=self._run_webhooks, name="fae-inprocess-webhooks", daemon=True),
+            threading.Thread(target=self._run_deadlines, name="fae-inprocess-deadlines", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -141,11 +149,27 @@ class InProcessJobQueue(JobQueue):
             except Exception:  # execute_job records failures on the job; this is a bug guard
                 log.exception("embedded job execution raised", extra={"job_id": job_id})
 
+    def _run_deadlines(self) -> None:
+        while not self._stopping.wait(self.settings.worker.reaper_interval_s):
+            try:
+                cancel_past_start_deadlines(self.store, self.notify_terminal)
+            except Exception:
+                log.exception("start-deadline sweep failed; trying again next interval")
+
     # --- the webhook thread ---------------------------------------------------------------------------
-    def schedule_webhook(self, job_id: str, attempt: int, delay_s: float, event: str | None = None) -> None:
-        """One delivery attempt of the job's `event` (None: its terminal status) after `delay_s`."""
+    def schedule_webhook(
+        self,
+        job_id: str,
+        attempt: int,
+        delay_s: float,
+        event: str | None = None,
+        emitted: dict[str, Any] | None = None,
+    ) -> None:
+        """One delivery attempt of the job's `event` (None: its terminal status; `emitted`: a start or progress
+        event as captured when emitted) after `delay_s`."""
         with self._webhook_wakeup:
-            heapq.heappush(self._webhooks, (time.monotonic() + delay_s, attempt, job_id, event or ""))
+            due, order = time.monotonic() + delay_s, next(self._webhook_order)
+            heapq.heappush(self._webhooks, (due, order, attempt, job_id, event or "", emitted))
             self._webhook_wakeup.notify()
 
     def _run_webhooks(self) -> None:
@@ -154,14 +178,14 @@ class InProcessJobQueue(JobQueue):
                 if not self._webhooks:
                     self._webhook_wakeup.wait()
                     continue
-                due, attempt, job_id, event = self._webhooks[0]
+                due, _, attempt, job_id, event, emitted = self._webhooks[0]
                 wait_s = due - time.monotonic()
                 if wait_s > 0:
                     self._webhook_wakeup.wait(wait_s)
                     continue
                 heapq.heappop(self._webhooks)
             retry_in = attempt_delivery(
-                job_id, attempt, self.store, self.storage, self.settings, event or None
+                job_id, attempt, self.store, self.storage, self.settings, event or None, emitted
             )
             if retry_in is not None:
-                self.schedule_webhook(job_id, attempt + 1, retry_in, event or None)
+                self.schedule_webhook(job_id, attempt + 1, retry_in, event or None, emitted)

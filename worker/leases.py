@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from core import metrics
 from core.contract import Job, JobStatus
 from core.jobstore import InvalidTransition, JobStore
-from core.lifecycle import dead_letter
+from core.lifecycle import cancel_past_start_deadline, dead_letter
 from core.logs import bind
 from core.settings import Settings, WorkerSettings
 
@@ -67,6 +67,7 @@ class Heartbeat:
 class ReapReport:
     requeued: list[str] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
+    past_start_deadline: list[str] = field(default_factory=list)  # canceled: no worker started them in time
     skipped: bool = False  # another reaper held the lock
 
 
@@ -77,7 +78,8 @@ def reap_once(
     on_terminal: Callable[[Job], None] | None = None,
     lock: RedisLock | None = None,
 ) -> ReapReport:
-    """One reaper pass: requeue or dead-letter every running job whose lease ran out.
+    """One reaper pass: requeue or dead-letter every running job whose lease ran out, and cancel every queued
+    job whose start deadline passed before a worker reached it.
 
     ``requeue`` sends the job's task again; ``on_terminal`` gets jobs this pass made terminal (webhooks).
     """
@@ -92,6 +94,7 @@ def reap_once(
                 continue
             with bind(job_id=job.id, tenant=job.tenant, request_id=job.request_id):  # the job's log context
                 _reap(store, settings, job, requeue, on_terminal, report)
+        report.past_start_deadline = cancel_past_start_deadlines(store, on_terminal)
         store.prune_inflight()  # jobs that expired unfinished: off the gateway's admission path
     finally:
         if lock is not None:
@@ -123,6 +126,25 @@ def _reap(
     requeue(queued)
     report.requeued.append(job.id)
     log.warning("worker lost: job requeued", extra={"deliveries": deliveries})
+
+
+def cancel_past_start_deadlines(store: JobStore, on_terminal: Callable[[Job], None] | None) -> list[str]:
+    """Cancel the jobs still queued past their start deadline now, not when a worker reaches them (a stalled
+    queue would show them waiting forever; the queued task finds them canceled and drops them). Their ids."""
+    canceled = []
+    due = store.due_start_deadlines()
+    for job_id in due:
+        job = store.get(job_id)
+        if job is None:
+            continue
+        with bind(job_id=job.id, tenant=job.tenant, request_id=job.request_id):
+            final = cancel_past_start_deadline(store, job)
+        if final is not None:
+            canceled.append(job.id)
+            if on_terminal is not None:
+                on_terminal(final)
+    store.forget_start_deadlines(due)  # started, finished, canceled or gone: each is looked at once
+    return canceled
 
 
 class RedisLock:

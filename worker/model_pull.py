@@ -197,8 +197,16 @@ def pull_model(
         ) from exc
     manifest = Manifest.from_json(raw, f"{source}/{MANIFEST_NAME}")
     fingerprint = manifest.fingerprint
-    if expect_fingerprint and not fingerprint.startswith(expect_fingerprint.removeprefix("sha256:").lower()):
-        raise ManifestError(f"{source} has fingerprint {fingerprint}, not the expected {expect_fingerprint}")
+    if expect_fingerprint is not None:
+        expected = expect_fingerprint.removeprefix("sha256:").lower()
+        if len(expected) < 12 or any(c not in "0123456789abcdef" for c in expected):
+            raise ManifestError(
+                f"expected fingerprint {expect_fingerprint!r} is not a fingerprint: give at least 12 hex digits"
+            )
+        if not fingerprint.startswith(expected):
+            raise ManifestError(
+                f"{source} has fingerprint {fingerprint}, not the expected {expect_fingerprint}"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target):
         if target.exists():

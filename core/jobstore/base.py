@@ -326,6 +326,14 @@ class JobRecords(abc.ABC):
     @abc.abstractmethod
     def queue_depth(self, kind: JobKind | str) -> int: ...
 
+    @abc.abstractmethod
+    def due_start_deadlines(self, limit: int = 500) -> list[str]:
+        """Jobs created with a `start_deadline_s` that has passed, earliest first, whatever their status now
+        (the reaper cancels those still waiting to start, then forgets them all)."""
+
+    @abc.abstractmethod
+    def forget_start_deadlines(self, job_ids: list[str]) -> None: ...
+
 
 class LeaseBook(abc.ABC):
     """Which worker holds a running job, how often a job was delivered, and the dead-letter list."""
@@ -393,6 +401,13 @@ class WebhookSecretBook(abc.ABC):
 
     @abc.abstractmethod
     def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None: ...
+
+    @abc.abstractmethod
+    def update_webhook_secrets(
+        self, tenant: str, change: Callable[[WebhookSecretRecord | None], WebhookSecretRecord]
+    ) -> WebhookSecretRecord:
+        """Replace the tenant's record with ``change(record)`` atomically (concurrent updates both apply, one
+        after the other; ``change`` may run more than once) and return what was stored."""
 
 
 class WatermarkIndex(abc.ABC):

@@ -1,4 +1,5 @@
-"""The job store in process memory (embedded mode): the Redis store's semantics, one lock, no persistence.
+"""The job store in process memory (embedded mode): the Redis store's semantics, one lock, no persistence
+except the rotated webhook secrets, optionally kept in a JSON file (embedded mode: under the data directory).
 
 `_MemoryState` holds every table behind one re-entrant lock; each role class works on its own tables of it,
 and `MemoryJobStore` composes them.
@@ -8,11 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus, WebhookSecretRecord
+from core.atomic import write_bytes_atomically
+from core.contract import (
+    AdapterRecord,
+    DeadLetter,
+    Job,
+    JobKind,
+    JobStatus,
+    WebhookSecretRecord,
+    start_deadline_at,
+)
 from core.jobstore.base import (
     AdapterRegistry,
     Admission,
@@ -42,9 +54,10 @@ from core.settings import LimitsSettings
 class _MemoryState:
     """The tables of one memory store (lifetimes from `limits`), shared by its role classes."""
 
-    def __init__(self, limits: LimitsSettings) -> None:
+    def __init__(self, limits: LimitsSettings, webhook_secrets_file: Path | None = None) -> None:
         self.limits = limits
         self._lock = threading.RLock()
+        self._webhook_secrets_file = webhook_secrets_file
         self._jobs: dict[str, Job] = {}
         self._expires: dict[str, float] = {}  # job id -> monotonic deadline (job_ttl_s)
         self._scores: dict[str, int] = {}  # job id -> list order
@@ -54,10 +67,11 @@ class _MemoryState:
         self._cancel: set[str] = set()
         self._leases: dict[str, tuple[str, float]] = {}  # job id -> (worker, monotonic expiry)
         self._deliveries: dict[str, int] = {}
+        self._start_deadlines: dict[str, float] = {}  # job id -> epoch seconds of its start deadline
         self._dead: dict[str, DeadLetter] = {}
         self._rate_tat: dict[str, float] = {}
         self._adapters: dict[str, dict[str, AdapterRecord]] = {}
-        self._webhook_secrets: dict[str, WebhookSecretRecord] = {}
+        self._webhook_secrets: dict[str, WebhookSecretRecord] = _load_webhook_secrets(webhook_secrets_file)
         # (tenant, watermark payload) -> (job id, output index, monotonic deadline)
         self._watermarks: dict[tuple[str, str], tuple[str, int, float]] = {}
         self._subscribers: dict[str, set[_MemoryJobEvents]] = {}
@@ -102,6 +116,8 @@ class MemoryJobRecords(_MemoryState, JobRecords):
             if not job.status.terminal:
                 self._inflight.setdefault(job.tenant, {})[job.id] = self._expires[job.id]
             self._scores[job.id] = list_score(int(job.created_at.timestamp() * 1000), self._next_seq())
+            if (deadline_at := start_deadline_at(job)) is not None:
+                self._start_deadlines[job.id] = deadline_at.timestamp()
             if idempotency_key:
                 deadline = time.monotonic() + self.limits.idempotency_ttl_s
                 self._idempotency[(job.tenant, key_digest(idempotency_key))] = (job.id, body_hash, deadline)
@@ -148,6 +164,17 @@ class MemoryJobRecords(_MemoryState, JobRecords):
         page = candidates[:limit]
         next_cursor = str(page[-1][0]) if len(candidates) > limit else None
         return [job for _, job in page], next_cursor
+
+    def due_start_deadlines(self, limit: int = 500) -> list[str]:
+        now = time.time()
+        with self._lock:
+            due = sorted((at, job_id) for job_id, at in self._start_deadlines.items() if at <= now)
+        return [job_id for _, job_id in due[:limit]]
+
+    def forget_start_deadlines(self, job_ids: list[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._start_deadlines.pop(job_id, None)
 
     def inflight_count(self, tenant: str) -> int:
         now = time.monotonic()
@@ -308,14 +335,38 @@ class MemoryAdapterRegistry(_MemoryState, AdapterRegistry):
             return self._adapters.get(tenant, {}).pop(adapter_id, None) is not None
 
 
+def _load_webhook_secrets(path: Path | None) -> dict[str, WebhookSecretRecord]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        stored = json.loads(path.read_bytes())
+        return {tenant: WebhookSecretRecord.model_validate(record) for tenant, record in stored.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot read the rotated webhook secrets in {path}: {exc}") from exc
+
+
 class MemoryWebhookSecretBook(_MemoryState, WebhookSecretBook):
+    """Rotations survive a restart when the store has a `webhook_secrets_file`: each is written to it (atomically,
+    mode 0600) before it is answered."""
+
     def get_webhook_secrets(self, tenant: str) -> WebhookSecretRecord | None:
         with self._lock:
             return self._webhook_secrets.get(tenant)
 
     def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None:
+        self.update_webhook_secrets(tenant, lambda _: record)
+
+    def update_webhook_secrets(
+        self, tenant: str, change: Callable[[WebhookSecretRecord | None], WebhookSecretRecord]
+    ) -> WebhookSecretRecord:
         with self._lock:
-            self._webhook_secrets[tenant] = record
+            new = change(self._webhook_secrets.get(tenant))
+            if self._webhook_secrets_file is not None:
+                records = {**self._webhook_secrets, tenant: new}
+                stored = {name: record.model_dump(mode="json") for name, record in records.items()}
+                write_bytes_atomically(self._webhook_secrets_file, json.dumps(stored).encode())
+            self._webhook_secrets[tenant] = new
+            return new
 
 
 class MemoryWatermarkIndex(_MemoryState, WatermarkIndex):

@@ -30,13 +30,14 @@ end
 return 1
 """
 
-# Admission in one step, constant cost (see JobStore.admit; the rate is GCRA as in base.gcra). KEYS: idempotency key (a placeholder without
-# one), the tenant's in-flight set (members scored by their record's expiry, ms), rate key, the kind's queue,
-# the job's key, the tenant's `all` and kind indexes, seq. ARGV: job id ("" = only check), job JSON, body
-# hash, has-idempotency-key ("1"), rate limit per minute, max in flight, max queue depth, job TTL s,
-# idempotency TTL s, created ms, namespace (the replayed job's keys). Returns {outcome, budget remaining,
-# budget reset s, detail}: detail is the queue position (created), the job JSON and position (replayed),
-# the job id (conflict), retry-after s (rate_limited) or the queue depth (queue_full, admissible).
+# Admission in one step, constant cost (see JobStore.admit; the rate is GCRA as in base.gcra).
+# KEYS: idempotency key (a placeholder without one), the tenant's in-flight set (members scored by their record's
+# expiry, ms), rate key, the kind's queue, the job's key, the tenant's `all` and kind indexes, seq, the
+# start-deadline index. ARGV: job id ("" = only check), job JSON, body hash, has-idempotency-key ("1"), rate limit
+# per minute, max in flight, max queue depth, job TTL s, idempotency TTL s, created ms, namespace (the replayed
+# job's keys), start deadline ms ("": none). Returns {outcome, budget remaining, budget reset s, detail}: detail is
+# the queue position (created), the job JSON and position (replayed), the job id (conflict), retry-after s
+# (rate_limited) or the queue depth (queue_full, admissible).
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -93,6 +94,7 @@ for _, index in ipairs({KEYS[6], KEYS[7]}) do
   redis.call('ZREMRANGEBYSCORE', index, '-inf', oldest)
 end
 redis.call('ZADD', KEYS[4], 'NX', redis.call('INCR', KEYS[8]), ARGV[1])
+if ARGV[12] ~= '' then redis.call('ZADD', KEYS[9], ARGV[12], ARGV[1]) end
 if ARGV[4] == '1' then
   redis.call('SET', KEYS[1], cjson.encode({job_id = ARGV[1], body_hash = ARGV[3]}), 'EX', tonumber(ARGV[9]))
 end

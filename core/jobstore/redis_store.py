@@ -26,7 +26,15 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from core.contract import AdapterRecord, DeadLetter, Job, JobKind, JobStatus, WebhookSecretRecord
+from core.contract import (
+    AdapterRecord,
+    DeadLetter,
+    Job,
+    JobKind,
+    JobStatus,
+    WebhookSecretRecord,
+    start_deadline_at,
+)
 from core.jobstore.base import (
     AdapterRegistry,
     Admission,
@@ -129,6 +137,8 @@ class RedisJobRecords(_RedisBackend, JobRecords):
                 pipe.zadd(index_key, {job.id: score})
                 # Entries older than any job can be are dropped here, so the index stays bounded.
                 pipe.zremrangebyscore(index_key, "-inf", list_score(created_ms - ttl_s * 1000, 0))
+            if (deadline_at := start_deadline_at(job)) is not None:
+                pipe.zadd(self._k("start-deadlines"), {job.id: int(deadline_at.timestamp() * 1000)})
             if idem_key:
                 record = json.dumps({"job_id": job.id, "body_hash": body_hash})
                 pipe.set(idem_key, record, ex=self.limits.idempotency_ttl_s)
@@ -273,6 +283,15 @@ class RedisLeaseBook(_RedisBackend, LeaseBook):
     def release_lease(self, job_id: str, worker_id: str) -> None:
         self._release(keys=self._lease_keys(), args=[job_id, worker_id])
 
+    def due_start_deadlines(self, limit: int = 500) -> list[str]:
+        seconds, micros = self._redis.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return list(self._redis.zrangebyscore(self._k("start-deadlines"), "-inf", now, start=0, num=limit))
+
+    def forget_start_deadlines(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self._redis.zrem(self._k("start-deadlines"), *job_ids)
+
     def expired_leases(self) -> list[str]:
         seconds, micros = self._redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
@@ -338,6 +357,20 @@ class RedisWebhookSecretBook(_RedisBackend, WebhookSecretBook):
 
     def put_webhook_secrets(self, tenant: str, record: WebhookSecretRecord) -> None:
         self._redis.hset(self._k("webhook-secrets"), tenant, record.model_dump_json())
+
+    def update_webhook_secrets(
+        self, tenant: str, change: Callable[[WebhookSecretRecord | None], WebhookSecretRecord]
+    ) -> WebhookSecretRecord:
+        key = self._k("webhook-secrets")
+
+        def txn(pipe: redis.client.Pipeline) -> WebhookSecretRecord:
+            raw = pipe.hget(key, tenant)
+            new = change(WebhookSecretRecord.model_validate_json(raw) if raw is not None else None)
+            pipe.multi()
+            pipe.hset(key, tenant, new.model_dump_json())
+            return new
+
+        return self._redis.transaction(txn, key, value_from_callable=True)
 
 
 class RedisWatermarkIndex(_RedisBackend, WatermarkIndex):
@@ -413,7 +446,9 @@ class RedisJobStore(
             self._k("tjobs", tenant, "all"),
             self._k("tjobs", tenant, kind.value),
             self._k("seq"),
+            self._k("start-deadlines"),
         ]
+        deadline_at = start_deadline_at(job) if job is not None else None
         args = [
             job_id,
             job.model_dump_json() if job is not None else "",
@@ -426,6 +461,7 @@ class RedisJobStore(
             limits.idempotency_ttl_s,
             int(job.created_at.timestamp() * 1000) if job is not None else 0,
             self._ns,
+            int(deadline_at.timestamp() * 1000) if deadline_at is not None else "",
         ]
         outcome, remaining, reset_s, detail, *rest = await script(keys=keys, args=args)
         if outcome == "conflict":

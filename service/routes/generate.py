@@ -9,13 +9,24 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.contract import GenerateRequest, Job, JobStatus
-from core.jobstore.base import AdmissionOutcome
+from core.jobstore.base import Admission, AdmissionOutcome
 from service.admission import admit_generate, rate_headers
-from service.deps import GenerateCaller, ServicesDep
+from service.deps import GenerateCaller, Services, ServicesDep
 from service.edges import prefers_async
 from service.presenters import present_job, presenting_blocks
+from service.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["generate"])
+MULTIPART_SCHEMA = {
+    "schema": {
+        "type": "object",
+        "required": ["image"],
+        "description": "The input image as the file part `image`; every other field of the JSON body as a "
+        "form field (`metadata`, `guidance_intervals`, `webhook_events` as JSON text).",
+        "properties": {"image": {"type": "string", "format": "binary"}},
+        "additionalProperties": True,
+    }
+}
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+(?:\.\d+)?))?(?=$|[,;\s])", re.IGNORECASE)
 
@@ -75,6 +86,8 @@ def wants_image(accept: str | None, content_type: str | None) -> bool:
         422: {"description": "Invalid input (problem+json)."},
         429: {"description": "Rate, in-flight or queue limit (problem+json, Retry-After)."},
     },
+    # Image-to-image may also arrive as multipart (service/routes/generate_upload.py answers that form).
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": MULTIPART_SCHEMA}}},
 )
 async def generate(
     body: GenerateRequest,
@@ -86,7 +99,23 @@ async def generate(
     prefer: Annotated[str | None, Header()] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Job:
+    limit = services.settings.gateway.max_body_bytes
+    if (body.image is None or not body.image.startswith("data:")) and len(await request.body()) > limit:
+        # The path's byte limit admits an input image as a data URI; other JSON bodies keep the usual one.
+        raise ProblemError(413, None, f"the request body is larger than {limit} bytes", "body-too-large")
     admission = await admit_generate(services, principal.tenant, body, idempotency_key)
+    return await answer(admission, request, response, services, prefer, accept)
+
+
+async def answer(
+    admission: Admission,
+    request: Request,
+    response: Response,
+    services: Services,
+    prefer: str | None,
+    accept: str | None,
+) -> Job:
+    """The answer to an admitted generate request (JSON or multipart): 202, or 200/303 within `Prefer: wait`."""
     assert admission.job is not None  # a refusal raised
     job, created = admission.job, admission.outcome is AdmissionOutcome.created
     response.headers.update(rate_headers(admission.budget))

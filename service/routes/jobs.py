@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -142,15 +142,26 @@ async def job_events(
                 yield ServerSentEvent(comment="keep-alive")
 
 
-def followed_job(job_id: JobId, principal: Caller, services: ServicesDep) -> Job:
-    """The job to follow, checked before the stream starts (so a wrong id is a 404, not an empty stream)."""
-    return scoped_job(services.store, principal, job_id)
+def followed_job(
+    job_id: JobId,
+    principal: Caller,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(max_length=128)] = None,
+) -> Job:
+    """The job to follow, checked before the stream starts (so a wrong id is a 404, not an empty stream).
+    A finished job whose final event the client already has answers 204: the one answer that stops a
+    browser's EventSource from reconnecting forever."""
+    job = scoped_job(services.store, principal, job_id)
+    if job.status.terminal and _seen(last_event_id)[0] == f"{job.attempts}.{job.status.value}":
+        raise HTTPException(status_code=204)
+    return job
 
 
 @router.get(
     "/{job_id}/events",
     summary="Server-sent events of the job's status and progress until it ends (resumable: Last-Event-ID)",
     response_class=EventSourceResponse,
+    responses={204: {"description": "The job has finished and `Last-Event-ID` names its final event."}},
 )
 async def events(
     job: Annotated[Job, Depends(followed_job)],

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, UploadFile
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from core.provenance import CredentialStatus, sniff_format, trust_anchors, verify_credentials
+from core.provenance import CredentialStatus, SignerTrust, sniff_format, trust_anchors, verify_credentials
 from core.settings import ProvenanceSettings
 from core.watermark import detect, payload_hex
 from service.deps import GenerateCaller, Services, ServicesDep
@@ -22,8 +22,9 @@ router = APIRouter(prefix="/v1/provenance", tags=["provenance"])
 
 
 @lru_cache(maxsize=4)
-def our_anchors(settings: ProvenanceSettings) -> bytes | None:
-    """The CA certificates whose signatures are ours: the signer chain's top and any configured extra."""
+def our_anchors(settings: ProvenanceSettings) -> SignerTrust | None:
+    """Whose signatures are ours: the configured signer (its own leaf, under its chain's top CA) and the CAs
+    in FAE_C2PA_TRUST_ANCHORS."""
     chain = settings.c2pa_sign_cert.read_bytes() if settings.c2pa_sign_cert else None
     extra = settings.c2pa_trust_anchors.read_bytes() if settings.c2pa_trust_anchors else None
     return trust_anchors(chain or None, extra or None)  # an empty file (/dev/null in Compose) is none

@@ -18,9 +18,8 @@ def webhook_secret(principal: Caller, services: ServicesDep) -> WebhookSecret:
     settings = services.settings
     current = signing_secrets(principal.tenant, services.store, settings.webhooks, settings.process.data_dir)
     record = services.store.get_webhook_secrets(principal.tenant)
-    overlap = record.previous_until if record and record.previous_until else None
     return WebhookSecret(
-        secret=current[0], previous_valid_until=overlap if overlap and overlap > datetime.now(UTC) else None
+        secret=current[0], previous_valid_until=record.overlap_until(datetime.now(UTC)) if record else None
     )
 
 
@@ -32,4 +31,4 @@ def webhook_secret(principal: Caller, services: ServicesDep) -> WebhookSecret:
 def rotate_webhook_secret(principal: Caller, services: ServicesDep) -> WebhookSecret:
     settings = services.settings
     record = rotate_secret(principal.tenant, services.store, settings.webhooks, settings.process.data_dir)
-    return WebhookSecret(secret=record.current, previous_valid_until=record.previous_until)
+    return WebhookSecret(secret=record.current, previous_valid_until=record.overlap_until(datetime.now(UTC)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import core.contract as contract
+import model.commands
 import model.guidance
 import model.pipeline
 import model.scheduling
@@ -20,6 +21,7 @@ PAIRS = [
     ("FINETUNE_MAX_RANK", model.training.lora.FINETUNE_MAX_RANK),
     ("FINETUNE_MIN_IMAGES", model.training.lora.FINETUNE_MIN_IMAGES),
     ("FINETUNE_MAX_IMAGES", model.training.lora.FINETUNE_MAX_IMAGES),
+    ("DEFAULT_STRENGTH", model.commands.DEFAULT_STRENGTH),
 ]
 
 

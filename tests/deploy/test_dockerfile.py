@@ -91,4 +91,5 @@ def test_no_secrets_are_baked_in(dockerfile: str, repo_root: Path) -> None:
     assert dockerignore[dockerignore.index("*") :][0] == "*"  # allow-list: everything else stays out
     allowed = {line[1:] for line in dockerignore if line.startswith("!")}
     packages = {"core/", "fae/", "model/", "service/", "worker/"}
-    assert allowed == {"pyproject.toml", "README.md", *packages, "models/fae-demo/"}
+    models = {"models/fae-demo/", "models/fae-demo-turbo/"}
+    assert allowed == {"pyproject.toml", "README.md", *packages, *models}

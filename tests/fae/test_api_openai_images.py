@@ -94,6 +94,13 @@ def test_b64_json_on_our_own_api_carries_the_stored_image(server: Any) -> None:
     with server.client() as client:  # the job reads back the same way
         again = client.get(f"/v1/jobs/{inline['id']}").json()
     assert again["outputs"] == inline["outputs"]
+    with server.client() as client:  # a listing carries URLs: a page never reads every image into memory
+        listed = {job["id"]: job for job in client.get("/v1/jobs", params={"limit": 100}).json()["data"]}
+    assert all(o["url"] and o["b64_json"] is None for o in listed[inline["id"]]["outputs"])
+    storage.delete_prefix(f"tenants/{inline['tenant']}/jobs/{inline['id']}/")  # retention removed the images
+    with server.client() as client:
+        gone = client.get(f"/v1/jobs/{inline['id']}")
+    assert gone.status_code == 200 and all(o["b64_json"] is None for o in gone.json()["outputs"])
 
 
 def test_a_negative_prompt_changes_the_image_the_running_worker_makes(server: Any) -> None:
@@ -123,3 +130,24 @@ def test_images_not_ready_within_the_max_wait_answer_504_and_the_job_is_canceled
         while raw.get(f"/v1/jobs/{job['id']}").json()["status"] != "canceled":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_a_retry_of_a_timed_out_request_is_told_the_job_was_canceled(embedded_server: Any) -> None:
+    """The request that created the job cancels it at its timeout; a retry with the same Idempotency-Key never
+    cancels anything and, once the job is canceled, answers 409 (send a new request), not a server error."""
+    server = embedded_server(step_delay_s=0.2, max_wait_s=1)
+    body, key = {"prompt": "red apple"}, {"Idempotency-Key": "retry-me-1"}
+    with server.client() as client:
+        first = client.post("/v1/images/generations", json=body, headers=key)
+        assert first.status_code == 504 and first.json()["error"]["code"] == "timeout"
+        (job,) = client.get("/v1/jobs").json()["data"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{job['id']}").json()["status"] != "canceled":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        retry = client.post("/v1/images/generations", json=body, headers=key)
+    assert retry.status_code == 409, retry.text
+    assert (
+        retry.json()["error"]["code"] == "canceled"
+        and "send a new request" in retry.json()["error"]["message"]
+    )

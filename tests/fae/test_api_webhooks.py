@@ -70,14 +70,17 @@ def signature(secret: str, headers: dict[str, str], body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+SERVER_SETTINGS: dict[str, Any] = {
+    "step_delay_s": 0.2,
+    "progress_interval_s": 0.05,
+    "webhook_allowlist": "127.0.0.1",
+    "webhook_progress_interval_s": 0.3,
+}
+
+
 @pytest.fixture
 def server(embedded_server: Any) -> Any:
-    return embedded_server(
-        step_delay_s=0.2,
-        progress_interval_s=0.05,
-        webhook_allowlist="127.0.0.1",
-        webhook_progress_interval_s=0.3,
-    )
+    return embedded_server(**SERVER_SETTINGS)
 
 
 def submit(server: Any, receiver: Receiver, steps: int = 3, **body: Any) -> str:
@@ -144,3 +147,22 @@ def test_a_rotation_signs_with_the_new_and_the_old_secret(server: Any, receiver:
     ((headers, _, body),) = receiver.events(job_id)
     offered = headers["webhook-signature"].split(" ")
     assert offered == [signature(rotated["secret"], headers, body), signature(old["secret"], headers, body)]
+
+
+def test_rotations_survive_a_restart(embedded_server: Any, receiver: Receiver) -> None:
+    """Two rotations, then a new embedded server on the same data directory: it shows the last secret and signs
+    with it and both older ones, not with the derived secret the first rotation replaced."""
+    first = embedded_server(**SERVER_SETTINGS)
+    with first.client() as client:
+        original = client.get("/v1/webhooks/secret").json()["secret"]
+        one = client.post("/v1/webhooks/secret/rotate").json()
+        two = client.post("/v1/webhooks/secret/rotate").json()
+    restarted = embedded_server(**SERVER_SETTINGS)  # same data directory, fresh memory store
+    with restarted.client() as client:
+        assert client.get("/v1/webhooks/secret").json() == two
+    job_id = submit(restarted, receiver)
+    receiver.wait_for_type(job_id, "job.succeeded")
+    ((headers, _, body),) = receiver.events(job_id)
+    assert headers["webhook-signature"].split(" ") == [
+        signature(secret, headers, body) for secret in (two["secret"], one["secret"], original)
+    ]

@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ import pytest
 from PIL import Image
 
 from core.contract import Job, JobStatus
-from core.jobqueue import CeleryJobQueue
+from core.jobqueue import CeleryJobQueue, send_webhook_task
 from core.jobstore import RedisJobStore
 from core.provenance import ensure_development_signer
 from core.settings import Settings
 from core.storage import S3Storage
-from core.webhooks import secret_for_tenant, verify
+from core.webhooks import PROGRESS, secret_for_tenant, verify
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -333,6 +334,28 @@ def test_generate_through_the_gateway_api(live: Cluster) -> None:
         assert Image.open(io.BytesIO(download.read())).format == "WEBP"
 
 
+def test_image_to_image_and_embeddings_through_celery_workers(live: Cluster) -> None:
+    """Issue 18 on the real path: the gateway stores the upload in S3, a Celery worker reads it, and an `embed`
+    job (task `fae.embed` on the generate queue) answers `POST /v1/embeddings` synchronously."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(buffer, format="PNG")
+    with gateway(live) as client:
+        response = client.post(
+            "/v1/generate",
+            data={"class_label": "2", "steps": "2", "seed": "1", "strength": "0.5"},
+            files={"image": ("in.png", buffer.getvalue(), "image/png")},
+            headers={**auth(USER_KEY), "Prefer": "wait=30"},
+        )
+        assert response.status_code == 200, response.text
+        job = response.json()
+        assert job["status"] == "succeeded" and live.storage.exists(job["request"]["image"])
+        embedded = client.post(
+            "/v1/embeddings", json={"images": [job["outputs"][0]["key"]]}, headers=auth(USER_KEY)
+        )
+        assert embedded.status_code == 200, embedded.text
+        assert len(embedded.json()["data"][0]["embedding"]) == embedded.json()["dimensions"]
+
+
 def test_cancel_running_and_queued_jobs(live: Cluster, generate_job: Callable[..., Job]) -> None:
     long_jobs = [live.submit(generate_job(steps=250, seed=i)) for i in range(2)]  # one per worker
     for job in long_jobs:
@@ -383,6 +406,33 @@ def test_a_started_webhook_goes_through_the_webhooks_queue_when_asked(
     assert {event["id"] for event in received} == {f"msg_{job.id}_started_1", f"msg_{job.id}_succeeded"}
     time.sleep(0.5)
     assert len(webhook_receiver.requests) == 2
+
+
+def test_queued_events_keep_their_emitted_ids_and_old_messages_still_deliver(
+    live: Cluster, generate_job: Callable[..., Job], webhook_receiver: Any
+) -> None:
+    """The workers run `fae.webhook` messages of both forms: one carrying the progress event as emitted (attempt
+    1, step 2) and one queued before that argument existed, which the job as it is now (attempt 2, step 6)
+    names. Both are delivered after the job moved on."""
+    job, _ = live.store.create(
+        generate_job(webhook_url=webhook_receiver.url, webhook_events=["job.progress", "job.succeeded"])
+    )
+    live.store.transition(job.id, JobStatus.running, attempts=1, started_at=datetime.now(UTC))
+    emitted = live.store.set_progress(job.id, 2, 10)
+    live.store.transition(job.id, JobStatus.queued)
+    live.store.transition(job.id, JobStatus.running, attempts=2, started_at=datetime.now(UTC))
+    live.store.set_progress(job.id, 6, 10)
+    try:
+        live.queue.notify_event(emitted, PROGRESS)
+        send_webhook_task(live.queue.app, job.id, 1, event=PROGRESS)  # the three-argument form
+        received = {
+            h["webhook-id"]: json.loads(body) for h, body in webhook_receiver.wait_for(2, timeout_s=30)
+        }
+        assert set(received) == {f"msg_{job.id}_progress_1_2", f"msg_{job.id}_progress_2_6"}
+        assert received[f"msg_{job.id}_progress_1_2"]["data"]["progress"]["step"] == 2
+        assert received[f"msg_{job.id}_progress_2_6"]["data"]["progress"]["step"] == 6
+    finally:
+        live.store.transition(job.id, JobStatus.canceled)
 
 
 def test_sigkilled_worker_job_is_requeued_and_succeeds_once(

@@ -214,6 +214,21 @@ def test_a_different_model_is_never_pulled_over_an_existing_one(
     assert not list(other.parent.glob(".other.old-*"))
 
 
+def test_an_expected_fingerprint_must_be_a_real_one(tmp_path: Path) -> None:
+    """A pin that names no fingerprint (empty, a bare `sha256:`, too short, not hex) is refused: it would
+    match any manifest."""
+    source = make_model(tmp_path / "src")
+    fingerprint = write_manifest(source, "1").fingerprint
+    for pin in ("", "sha256:", fingerprint[:8], "zz" + fingerprint[2:]):
+        with pytest.raises(ManifestError, match=r"not a fingerprint|not the expected"):
+            pull_model(open_source(str(source), Settings()), tmp_path / "into", expect_fingerprint=pin)
+    assert not (tmp_path / "into").exists()
+    result = pull_model(
+        open_source(str(source), Settings()), tmp_path / "into", expect_fingerprint=fingerprint[:12]
+    )
+    assert result.status == "pulled"
+
+
 def test_verify_names_a_file_damaged_after_the_pull(tmp_path: Path) -> None:
     model = make_model(tmp_path / "m")
     write_manifest(model, "1")

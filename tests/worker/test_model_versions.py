@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from core.contract import Job, JobStatus
 from core.jobstore import JobStore, MemoryJobStore
+from core.jobstore.base import utcnow
 from core.manifests import write_manifest
 from core.settings import Settings
 from core.storage import LocalStorage
@@ -106,3 +108,21 @@ def test_the_engine_learns_versions_and_fingerprints_from_the_catalog(
     assert identities["tiny@1"] == ("tiny", "1", first.fingerprint)
     name, version, fingerprint = identities["tiny"]  # no manifest: the label from FAE_MODELS, files hashed
     assert (name, version) == ("tiny", "2") and fingerprint is not None and fingerprint != first.fingerprint
+
+
+def test_a_pinned_job_no_worker_holds_still_ends_at_its_start_deadline(
+    engine: Engine,
+    store: MemoryJobStore,
+    settings: Settings,
+    tmp_path: Path,
+    generate_job: Callable[..., Job],
+    submit: Callable[[JobStore, Job], Job],
+) -> None:
+    """The deadline is checked before the version: a job pinned to a version nobody holds is not sent on
+    forever once it may no longer start; it is canceled, as the caller asked."""
+    engine.identities = {"tiny": ("tiny", "2", FINGERPRINT_2)}
+    late = generate_job(model="tiny@1", start_deadline_s=1)
+    late = submit(store, late.model_copy(update={"created_at": utcnow() - timedelta(seconds=5)}))
+    final = deliver(late, store, engine, settings, tmp_path)
+    assert final is not None and final.status is JobStatus.canceled
+    assert final.error is not None and final.error.reason == "start_deadline_exceeded"

@@ -74,10 +74,16 @@ class GenerationRequest:
     sampler: str = "euler"
     adapter: AdapterSpec | None = None
     tenant: str | None = None  # tenants share a full batch fairly (see model.batching.DenoisingBatcher)
+    image: Any = None  # image-to-image: the input (a PIL image, decoded by the job), started at `strength`
+    strength: float = 1.0
 
     @classmethod
     def from_api(
-        cls, request: GenerateRequest, adapter: AdapterSpec | None = None, tenant: str | None = None
+        cls,
+        request: GenerateRequest,
+        adapter: AdapterSpec | None = None,
+        tenant: str | None = None,
+        image: Any = None,
     ) -> GenerationRequest:
         return cls(
             model=request.model,
@@ -95,6 +101,8 @@ class GenerationRequest:
             sampler=request.sampler,
             adapter=adapter,
             tenant=tenant,
+            image=image,
+            strength=1.0 if request.strength is None else request.strength,
         )
 
 

@@ -100,9 +100,13 @@ def warm_up(engine: Engine, compile_cache_dir: str | Path | None = None) -> floa
         saved = save_compile_cache(compile_cache_dir)
         log.info("compile cache saved", extra={"directory": str(compile_cache_dir), "bytes": saved})
     for name in engine.models:
-        text = getattr(engine.pipeline(name), "condition_type", "class") == "text"
+        pipe = engine.pipeline(name)
+        text = getattr(pipe, "condition_type", "class") == "text"
         condition: dict[str, Any] = {"prompt": "warm-up"} if text else {"class_label": 0}
-        engine.run(GenerationRequest(model=name, n=1, steps=2, seed=0, **condition))
+        scheduler_config = getattr(getattr(pipe, "scheduler", None), "config", None) or {}
+        supported = scheduler_config.get("supported_steps") or [2]  # a few-step model runs its own counts
+        steps = 2 if 2 in supported else min(supported)
+        engine.run(GenerationRequest(model=name, n=1, steps=steps, seed=0, **condition))
     engine.ready = True
     return time.perf_counter() - started
 

@@ -463,6 +463,8 @@ def _prepare_samples(
         encoded=encoded,
         negative_prompt=request.negative_prompt,
         encoded_negative=encoded_negative,
+        image=request.image,
+        strength=request.strength,
     )
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from core import metrics
 from core.contract import Job, JobError, JobKind, JobStatus, Progress
 from core.jobstore import InvalidTransition, JobStore
-from core.lifecycle import dead_letter, record_terminal
+from core.lifecycle import cancel_past_start_deadline, dead_letter, record_terminal, start_deadline_passed
 from core.logs import bind
 from core.settings import Settings
 from core.storage import Storage, StorageUnavailable
@@ -85,6 +85,12 @@ def deliver(job_id: str, ctx: JobContext, handlers: Mapping[JobKind, JobHandler]
             "delivery dropped: the job does not exist (expired or never stored)", extra={"job_id": job_id}
         )
         return None
+    if start_deadline_passed(job):  # before anything that could send it on: it never starts late
+        with bind(job_id=job.id, tenant=job.tenant, request_id=job.request_id):
+            final = cancel_past_start_deadline(ctx.store, job)
+        if final is not None and ctx.on_terminal is not None:
+            ctx.on_terminal(final)
+        return final
     if not job.status.terminal and not ctx.storage.ping():
         # Nothing is counted or leased yet: the task is sent again with backoff (celery_app), so an outage
         # holds jobs queued instead of draining the queue into failures.
@@ -109,8 +115,6 @@ def _deliver(
     if job.status.terminal:
         log.info("delivery dropped: the job is already %s", job.status.value, extra=context)
         return None
-    if job.status is JobStatus.queued and start_deadline_passed(job):
-        return _cancel_for_start_deadline(store, job, context)
     if not store.acquire_lease(job.id, ctx.worker_id, worker.lease_s):
         log.warning("duplicate delivery dropped: another worker holds a live lease", extra=context)
         return None
@@ -127,7 +131,7 @@ def _deliver(
             extra={**context, "delivery": deliveries, "kind": job.kind.value, "traceparent": job.traceparent},
         )
         if ctx.on_event is not None and subscribed(running, STARTED):
-            ctx.on_event(running, STARTED)
+            _send_event(ctx.on_event, running, STARTED)
         queue = TASK_FOR_KIND[job.kind][1]
         running_gauge = metrics.JOBS_RUNNING.labels(queue=queue)
         with running_gauge.track_inprogress(), Heartbeat(store, job.id, ctx.worker_id, worker) as heartbeat:
@@ -136,32 +140,13 @@ def _deliver(
         store.release_lease(job.id, ctx.worker_id)
 
 
-def start_deadline_passed(job: Job, now: datetime | None = None) -> bool:
-    """Whether a queued job that never started has waited past its `start_deadline_s` (seconds after it was
-    created). A job requeued after its worker died had started: the deadline no longer applies."""
-    deadline_s = job.request.get("start_deadline_s")
-    if job.attempts:
-        return False
-    if not isinstance(deadline_s, int | float) or isinstance(deadline_s, bool):
-        return False
-    waited_s = ((now or datetime.now(UTC)) - job.created_at).total_seconds()
-    return waited_s > deadline_s
-
-
-def _cancel_for_start_deadline(store: JobStore, job: Job, context: dict[str, Any]) -> Job | None:
-    """Cancel a job no worker started within its start deadline (it is never run); None if it moved on meanwhile."""
-    deadline_s = job.request["start_deadline_s"]
-    error = JobError(
-        reason="start_deadline_exceeded",
-        message=f"no worker started the job within its start_deadline_s ({deadline_s:g} s); it was not run",
-    )
+def _send_event(on_event: EventCallback, job: Job, event: str) -> None:
+    """A webhook event is scheduled, never allowed to fail the job: a broker blip here would otherwise leave
+    the job `running` with its lease released, where no reaper looks."""
     try:
-        final = store.transition(job.id, JobStatus.canceled, error=error)
-    except InvalidTransition:
-        return None
-    record_terminal(final)
-    log.info("job canceled: start deadline exceeded", extra={**context, "start_deadline_s": deadline_s})
-    return final
+        on_event(job, event)
+    except Exception:
+        log.warning("webhook event not scheduled", extra={"event": event}, exc_info=True)
 
 
 def _mark_running(

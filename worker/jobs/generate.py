@@ -12,7 +12,8 @@ from core.jobstore import JobStore
 from core.settings import Settings, WorkerSettings
 from core.storage import Storage
 from model.errors import InvalidInputError
-from worker.engine import AdapterSpec, GenerationRequest
+from worker.engine import AdapterSpec, GenerationRequest, GenerationResult
+from worker.inputs import load_input_image
 from worker.jobs.common import JobContext, ProgressWriter, StopCheck, Throttled, progress_webhook
 from worker.outputs import encode_image, upload_images
 from worker.provenance import ImageProvenance, mark_images, provenance_for, sign_outputs
@@ -26,16 +27,22 @@ def run_generate(
     store, storage, engine, worker = ctx.store, ctx.storage, ctx.engine, ctx.settings.worker
     request = GenerateRequest.model_validate(job.request)
     adapter = resolve_adapter(job, request, store, storage, ctx.settings)
-    generation = GenerationRequest.from_api(request, adapter, tenant=job.tenant)
+    image = None
+    if request.image is not None:  # image-to-image: the input the gateway stored under the job's prefix
+        image = load_input_image(storage, job.tenant, request.image, ctx.settings)
+    generation = GenerationRequest.from_api(request, adapter, tenant=job.tenant, image=image)
     if job.model:  # the gateway resolved the model name when it accepted the job
         generation = dataclasses.replace(generation, model=job.model)
-    # Progress writes and cancel polls run here, on the job's own thread, while the engine thread batches this
-    # job's steps with every other job the worker holds.
-    result = engine.submit(generation).wait(
-        on_progress=ProgressWriter(store, job.id, worker.progress_interval_s, progress_webhook(job, ctx)),
-        should_cancel=Throttled(should_stop, worker.cancel_poll_s),
-        poll_s=poll_interval(worker),
-    )
+    if image is not None and generation.strength == 0.0:
+        result = reconstruct(ctx, generation)
+    else:
+        # Progress writes and cancel polls run here, on the job's own thread, while the engine thread batches
+        # this job's steps with every other job the worker holds.
+        result = engine.submit(generation).wait(
+            on_progress=ProgressWriter(store, job.id, worker.progress_interval_s, progress_webhook(job, ctx)),
+            should_cancel=Throttled(should_stop, worker.cancel_poll_s),
+            poll_s=poll_interval(worker),
+        )
     started = time.perf_counter()
     encoded, applied = mark_and_sign(job, request, ctx, result.images, result.seeds, result.model, adapter)
     provenance_s, started = time.perf_counter() - started, time.perf_counter()
@@ -62,6 +69,19 @@ def run_generate(
     # `model` stays as admitted (a name, or its `name@version` pin); the version it ran on is in model_version.
     model = job.model or result.model
     return {"outputs": outputs, "seeds": result.seeds, "model": model, "provenance": applied}
+
+
+def reconstruct(ctx: JobContext, generation: GenerationRequest) -> GenerationResult:
+    """Strength 0: the input encoded and decoded only (on the engine thread, between denoising steps)."""
+    from model.pipeline import to_output
+
+    started = time.perf_counter()
+    model = ctx.engine.resolve_model(generation.model)
+    images = ctx.engine.run_exclusive(
+        model, lambda pipe: to_output(pipe.reconstruct([generation.image]), "pil")
+    )
+    seconds = time.perf_counter() - started
+    return GenerationResult(model, images, [generation.seed or 0], 0.0, seconds, 0)
 
 
 def mark_and_sign(

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from core.jobstore import JobStore
 from core.settings import Settings
 from core.storage import Storage, presign_outputs
-from core.webhooks import PROGRESS, deliver, retry_delay_s, signing_secrets, subscribed, terminal_event
+from core.webhooks import (
+    PROGRESS,
+    EmittedEvent,
+    deliver,
+    retry_delay_s,
+    signing_secrets,
+    subscribed,
+    terminal_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +28,12 @@ def attempt_delivery(
     storage: Storage,
     settings: Settings,
     event: str | None = None,
+    emitted: dict[str, Any] | None = None,
 ) -> float | None:
     """Deliver the job's `event` (default: its terminal status) once; seconds until the next attempt, or None
     when done (or given up, or not wanted: the job's `webhook_events` leave it out). Progress events are best
-    effort: one attempt, none once the job finished (its terminal event follows)."""
+    effort: one attempt, none once the job finished (its terminal event follows). `emitted`: the start or
+    progress event as `EmittedEvent.of` captured it when it was emitted (absent from older task messages)."""
     job = store.get(job_id)
     if job is None or not job.webhook_url:
         return None
@@ -38,7 +49,8 @@ def attempt_delivery(
     }
     job = presign_outputs(job, storage, settings.storage.presign_expiry_s)
     secrets = signing_secrets(job.tenant, store, settings.webhooks, settings.process.data_dir)
-    outcome = deliver(job, job.webhook_url, secrets, settings.webhooks, event)
+    captured = EmittedEvent.model_validate(emitted) if emitted is not None else None
+    outcome = deliver(job, job.webhook_url, secrets, settings.webhooks, event, captured)
     if not outcome.retryable or event == PROGRESS:
         return None
     if attempt >= settings.webhooks.max_attempts:

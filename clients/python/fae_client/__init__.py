@@ -32,6 +32,8 @@ from fae_client.errors import (
 from fae_client.types import (
     Adapter,
     DeadLetter,
+    Embedding,
+    EmbeddingList,
     Job,
     JobError,
     JobEvent,
@@ -55,6 +57,8 @@ __all__ = [
     "ConflictError",
     "ContentTooLargeError",
     "DeadLetter",
+    "Embedding",
+    "EmbeddingList",
     "FAEClient",
     "FAEError",
     "InternalServerError",

@@ -9,7 +9,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -18,11 +18,21 @@ import httpx
 
 from fae_client._flow import Close, Emit, Flow, Read, ReadLine, Send, Sleep
 from fae_client._sse import SSEParser
-from fae_client._uploads import Dataset, ProgressHook, close_dataset, open_dataset, with_progress
+from fae_client._uploads import (
+    Dataset,
+    ImageInput,
+    ProgressHook,
+    close_dataset,
+    form_fields,
+    image_upload,
+    open_dataset,
+    with_progress,
+)
 from fae_client.errors import APIConnectionError, JobFailedError, JobWaitTimeout, error_from_response
 from fae_client.types import (
     Adapter,
     DeadLetter,
+    EmbeddingList,
     Job,
     JobEvent,
     JobPage,
@@ -103,7 +113,9 @@ class Core:
         authenticate: bool = True,
         extra_timeout: float = 0.0,
     ) -> httpx.Request:
-        url = httpx.URL(self.config.base_url + "/").join(path)  # an absolute URL (a download) stays as is
+        # API paths are relative to base_url, which may carry a path prefix (a gateway behind an ingress at
+        # `/fae/`); an absolute URL (a download) stays as is.
+        url = httpx.URL(self.config.base_url.rstrip("/") + "/").join(path.lstrip("/"))
         merged = {"User-Agent": self.user_agent, **(headers or {})}
         if authenticate and self.config.api_key:
             merged["Authorization"] = f"Bearer {self.config.api_key}"
@@ -173,12 +185,19 @@ class Core:
         prefer = MAX_PREFER_WAIT_S if limit is None else min(limit, MAX_PREFER_WAIT_S)
         if wait is not False and prefer > 0:
             headers["Prefer"] = f"wait={prefer:g}"
+        image = body.pop("image", None)
+        upload = image_upload(image)
+        if upload is None:  # JSON, with `image` a data URI or a storage key if given
+            body = {**body, "image": image}
+            options: dict[str, Any] = {"json_body": _without_none(body)}
+        else:  # multipart: the image as the file part `image`, the other fields as form fields
+            options = {"data": form_fields(body), "files": [("image", upload)]}
         response = yield from self.call(
             "POST",
             "/v1/generate",
-            json_body=_without_none(body),
             headers=headers,
             extra_timeout=prefer if "Prefer" in headers else 0.0,
+            **options,
         )
         job = Job.model_validate(response.json())
         if wait is False or job.done:
@@ -333,7 +352,7 @@ class Core:
         return response.content
 
     def webhook_secret(self, rotate: bool = False) -> Flow[str]:
-        if rotate:  # not repeated on a lost answer: a second rotation would end the first one's overlap
+        if rotate:  # not repeated on a lost answer: each repeat would retire one more secret
             response = yield from self.call(
                 "POST", "/v1/webhooks/secret/rotate", retry_connection_errors=False
             )
@@ -350,6 +369,22 @@ class Core:
                 name, data = os.path.basename(image), handle.read()
         response = yield from self.call("POST", "/v1/provenance/verify", files={"file": (name, data)})
         return ProvenanceVerification.model_validate(response.json())
+
+    def embeddings(
+        self, images: Sequence[ImageInput], kind: str | None, model: str | None
+    ) -> Flow[EmbeddingList]:
+        """`POST /v1/embeddings` (synchronous; a read: safe to retry): data URIs and storage keys as JSON, paths
+        and bytes as multipart parts."""
+        uploads = [image_upload(image) for image in images]
+        fields = {"kind": kind, "model": model}
+        if all(upload is None for upload in uploads):
+            options: dict[str, Any] = {"json_body": _without_none({**fields, "images": list(images)})}
+        elif all(upload is not None for upload in uploads):
+            options = {"data": form_fields(fields), "files": [("images", upload) for upload in uploads]}
+        else:
+            raise ValueError("give images either all as files/bytes or all as data URIs/storage keys")
+        response = yield from self.call("POST", "/v1/embeddings", **options)
+        return EmbeddingList.model_validate(response.json())
 
     def list_dead_letters(self) -> Flow[list[DeadLetter]]:
         response = yield from self.call("GET", "/v1/admin/dead-letters")

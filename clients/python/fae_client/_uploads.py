@@ -97,3 +97,37 @@ def with_progress(request: httpx.Request, hook: ProgressHook | None) -> httpx.Re
         total = int(request.headers.get("content-length", "0"))
         request.stream = ProgressStream(request.stream, total, hook)  # type: ignore[arg-type]
     return request
+
+
+# An input image (image-to-image, embeddings): a path or bytes (sent as a file part), or a string that is a
+# `data:image/...;base64,` URI or a key under your `tenants/<tenant>/` storage prefix (sent as JSON).
+ImageInput = str | os.PathLike[str] | bytes
+
+
+def image_upload(image: ImageInput | None) -> tuple[str, bytes, str] | None:
+    """The file part for a path or bytes; None for nothing, a data URI or a storage key (sent as they are)."""
+    if image is None:
+        return None
+    if isinstance(image, bytes):
+        return ("image", image, "application/octet-stream")
+    if isinstance(image, str) and (image.startswith("data:") or image.startswith("tenants/")):
+        return None
+    path = Path(image)
+    return (path.name, path.read_bytes(), _content_type(path.name))
+
+
+def form_fields(fields: dict[str, object]) -> dict[str, str]:
+    """Request fields as multipart form text: JSON for lists and objects, lowercase booleans, None left out."""
+    import json
+
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            out[name] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+    return out

@@ -58,6 +58,8 @@ def cmd_generate(fae: FAEClient, args: argparse.Namespace) -> int:
         adapter=args.adapter,
         adapter_scale=args.adapter_scale,
         output_format=args.output_format,
+        image=args.image,
+        strength=args.strength,
         wait=wait,
     )
     if args.output and job.done:
@@ -154,6 +156,12 @@ def build_parser(prog: str = "fae-client") -> argparse.ArgumentParser:
     gen.add_argument("--adapter")
     gen.add_argument("--adapter-scale", type=float)
     gen.add_argument("--output-format", choices=["png", "webp", "jpeg"])
+    gen.add_argument(
+        "--image", help="image-to-image: an image file, or a key under your tenants/<tenant>/ prefix"
+    )
+    gen.add_argument(
+        "--strength", type=float, help="with --image: 0 (reconstruction) to 1 (plain generation)"
+    )
     gen.add_argument(
         "--wait", type=float, default=300.0, help="seconds to wait for the images (0: do not wait)"
     )

@@ -15,7 +15,7 @@ import asyncio
 import builtins
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +23,16 @@ import httpx
 
 from fae_client._core import Config, Core, _path
 from fae_client._flow import AsyncDriver, Flow, SyncDriver
-from fae_client._uploads import Dataset, ProgressHook
-from fae_client.types import Adapter, DeadLetter, Job, JobPage, Model, ProvenanceVerification
+from fae_client._uploads import Dataset, ImageInput, ProgressHook
+from fae_client.types import (
+    Adapter,
+    DeadLetter,
+    EmbeddingList,
+    Job,
+    JobPage,
+    Model,
+    ProvenanceVerification,
+)
 from fae_client.webhooks import verify_webhook
 
 T = TypeVar("T")
@@ -162,6 +170,18 @@ class Provenance(_Resource):
         return self._run(self._core.verify_provenance(image))
 
 
+class Embeddings(_Resource):
+    """Image embeddings (`POST /v1/embeddings`), answered synchronously."""
+
+    def create(
+        self, images: Sequence[ImageInput], *, kind: str | None = None, model: str | None = None
+    ) -> Result[EmbeddingList]:
+        """Vectors of images (paths or bytes, uploaded; or data URIs / storage keys): `kind` `latent` (default:
+        the FAE latent pooled), `latent_tokens` (one per latent grid cell) or `encoder` (the frozen encoder's
+        pooled features). README: Embeddings says which suits what."""
+        return self._run(self._core.embeddings(list(images), kind, model))
+
+
 class Admin(_Resource):
     """Operator endpoints (admin scope)."""
 
@@ -184,6 +204,7 @@ class _Client(_Resource):
         self.webhooks = Webhooks(core, run, iterate)
         self.admin = Admin(core, run, iterate)
         self.provenance = Provenance(core, run, iterate)
+        self.embeddings = Embeddings(core, run, iterate)
 
     @property
     def base_url(self) -> str:
@@ -206,6 +227,8 @@ class _Client(_Resource):
         response_format: str | None = None,
         webhook_url: str | None = None,
         metadata: dict[str, Any] | None = None,
+        image: ImageInput | None = None,
+        strength: float | None = None,
         wait: bool | float = False,
         idempotency_key: str | None = None,
         **extra: Any,
@@ -213,7 +236,11 @@ class _Client(_Resource):
         """Submit a generation. `wait=False`: the queued job at once; `wait=N`: held up to N seconds (the
         job as it is then); `wait=True`: until it is done. Unset fields take the server's defaults; other
         request fields (`sampler`, `guidance_schedule`, ...) pass through `extra`. An `Idempotency-Key` is
-        sent (generated unless given) and reused by every retry of this call."""
+        sent (generated unless given) and reused by every retry of this call.
+
+        `image` (image-to-image): a path or bytes (uploaded as multipart) or a data URI / storage key under
+        your tenant's prefix; `strength` in [0, 1] (server default 0.6; 1 = plain generation, 0 = its
+        reconstruction)."""
         body = {
             "prompt": prompt,
             "class_label": class_label,
@@ -229,6 +256,8 @@ class _Client(_Resource):
             "response_format": response_format,
             "webhook_url": webhook_url,
             "metadata": metadata,
+            "image": image,
+            "strength": strength,
             **extra,
         }
         return self._run(self._core.generate(body, wait, idempotency_key))

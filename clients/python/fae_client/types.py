@@ -97,6 +97,12 @@ class Model(APIModel):
     default: bool = False
     version: str | None = None
     fingerprint: str | None = None
+    supported_steps: list[int] | None = Field(
+        default=None, description="A few-step distilled model: the only `steps` it runs; None: any."
+    )
+    distilled_guidance: float | None = Field(
+        default=None, description="Guidance built into a distilled model: leave `guidance_scale` at 1."
+    )
 
 
 class Adapter(APIModel):
@@ -169,4 +175,21 @@ class ProvenanceVerification(APIModel):
 
     credentials: CredentialsCheck = Field(default_factory=CredentialsCheck)
     watermark: WatermarkCheck = Field(default_factory=WatermarkCheck)
+    job_id: str | None = None
+
+
+class Embedding(APIModel):
+    index: int
+    embedding: list[float] | list[list[float]] = Field(
+        description="`latent`, `encoder`: one vector; `latent_tokens`: one vector per latent grid cell."
+    )
+
+
+class EmbeddingList(APIModel):
+    """`POST /v1/embeddings`: one embedding per image, in order."""
+
+    model: str
+    kind: str
+    dimensions: int
+    data: list[Embedding]
     job_id: str | None = None
