@@ -133,7 +133,12 @@ def configured_model_dirs(settings: Settings) -> dict[str, Path]:
     root = Path(settings.process.data_dir) / "models"
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "model_index.json").is_file()}
+    # Dot-folders are a pull in progress or a replaced model kept aside (`fae models pull`): never on offer.
+    return {
+        p.name: p
+        for p in sorted(root.iterdir())
+        if not p.name.startswith(".") and (p / "model_index.json").is_file()
+    }
 
 
 def describe_models(settings: Settings) -> list[ModelInfo]:

@@ -49,3 +49,13 @@ def test_catalog_finds_models_under_data_dir_and_rereads_on_a_miss(tmp_path: Pat
     found = catalog.resolve("tiny")
     assert found is not None and found.num_classes == 3 and found.default
     assert catalog.resolve(None).name == "tiny"
+
+
+def test_a_pull_in_progress_or_a_replaced_model_is_never_on_offer(tmp_path: Path) -> None:
+    """`fae models pull` stages into `.NAME.partial-*` and keeps a replaced model as `.NAME.old-*` beside the
+    models: neither is listed nor requestable (a half-written model must never be served)."""
+    for folder in ("tiny", ".tiny.partial-abc", ".tiny.old-123"):
+        write(tmp_path / "models" / folder / "model_index.json", {})
+    catalog = ModelCatalog(Settings().override(data_dir=tmp_path), refresh_s=3600)
+    assert [model.name for model in catalog.all()] == ["tiny"]
+    assert catalog.resolve(".tiny.partial-abc") is None
