@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from core.images import ImageRefused, read_header
 from core.provenance import forbids_training
 from core.settings import GatewaySettings
 from core.storage import Storage, content_type_for
@@ -72,23 +73,14 @@ def _extension(name: str) -> str:
 def check_image(name: str, path: Path | bytes, max_pixels: int) -> None:
     """A PNG, JPEG or WebP of at most `max_pixels`, judged from its header (a decompression bomb is refused
     before anything decodes it) and then verified. `path`: a file, or the image's bytes."""
-
-    def source() -> Path | io.BytesIO:
-        return io.BytesIO(path) if isinstance(path, bytes) else path
-
     try:
-        with Image.open(source()) as image:
-            image_format, (width, height) = image.format, image.size
-    except Image.DecompressionBombError as exc:  # PIL's own ceiling, far above ours: refused from the header
-        raise UploadRejected(f"{name} has too many pixels; at most {max_pixels} pixels are accepted") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UploadRejected(f"{name} is not a readable image") from exc
+        image_format, _, _ = read_header(path, max_pixels)
+    except ImageRefused as exc:
+        raise UploadRejected(f"{name} {exc}") from exc
     if image_format not in IMAGE_FORMATS:
         raise UploadRejected(f"{name} is {image_format}; use PNG, JPEG or WebP")
-    if width * height > max_pixels:
-        raise UploadRejected(f"{name} is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
     try:
-        with Image.open(source()) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             image.verify()
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadRejected(f"{name} is not a readable image") from exc

@@ -3,14 +3,14 @@ made it (from the credentials or the invisible watermark)? Another tenant's job 
 
 from __future__ import annotations
 
-import io
 from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from core.images import ImageRefused, decode, read_header
 from core.provenance import CredentialStatus, SignerTrust, sniff_format, trust_anchors, verify_credentials
 from core.settings import ProvenanceSettings
 from core.watermark import detect, payload_hex
@@ -40,24 +40,16 @@ def unreadable(detail: str) -> ProblemError:
     )
 
 
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
 def _decode(data: bytes, max_pixels: int) -> Image.Image | None:
     """The pixels, for the watermark; None when they do not decode (a tampered file still gets its
-    credentials checked). Too many pixels, judged from the header, is the caller's error."""
+    credentials checked). An unreadable header or too many pixels is the caller's error."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except _DECODE_ERRORS as exc:
-        raise unreadable("the image's header cannot be read") from exc
-    if width * height > max_pixels:
-        raise unreadable(f"the image is {width}x{height} pixels; at most {max_pixels} are accepted")
+        read_header(data, max_pixels)
+    except ImageRefused as exc:
+        raise unreadable(f"the image {exc}") from exc
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except _DECODE_ERRORS:
+        return decode(data, max_pixels)
+    except ImageRefused:
         return None
 
 
