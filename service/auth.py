@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.contract import JobKind
 from core.logs import register_secret
 from core.settings import GatewaySettings
 
@@ -32,8 +33,16 @@ class Principal:
     key_id: str  # a short hash prefix: safe to log, tells keys of one tenant apart
 
     def has(self, scope: str) -> bool:
-        # An `embed` job (POST /v1/embeddings) is read with the scope that created it: generate.
-        return scope in self.scopes or (scope == "embed" and "generate" in self.scopes)
+        return scope in self.scopes
+
+    def reads(self, kind: JobKind) -> bool:
+        """Whether this key may see jobs of `kind`: those its scopes create."""
+        return self.has(SCOPE_FOR_KIND[kind])
+
+
+# The scope that creates (and so reads) each kind of job: `embed` jobs come from POST /v1/embeddings, a
+# generate-scope route.
+SCOPE_FOR_KIND = {JobKind.generate: "generate", JobKind.finetune: "finetune", JobKind.embed: "generate"}
 
 
 def _digest(key: str) -> bytes:

@@ -15,7 +15,7 @@ from core.contract import Job, JobKind, JobLinks, JobStatus, dataset_key, job_pr
 from core.jobstore import JobRecords
 from core.lifecycle import record_terminal
 from core.storage import Storage, presign_outputs
-from service.auth import Principal
+from service.auth import SCOPE_FOR_KIND, Principal
 from service.deps import Services, missing_scope
 from service.problems import ProblemError, not_found
 from service.schemas import JobPage
@@ -96,8 +96,8 @@ def visible_job(job: Job | None, principal: Principal, job_id: str) -> Job:
     """`scoped_job`'s checks on a job already read (the GET route reads it with its queue position)."""
     if job is None or job.tenant != principal.tenant:
         raise not_found("job", job_id)
-    if not principal.has(job.kind.value):
-        raise missing_scope(job.kind.value)
+    if not principal.reads(job.kind):
+        raise missing_scope(SCOPE_FOR_KIND[job.kind])
     return job
 
 
@@ -105,13 +105,11 @@ def listed_kind(principal: Principal, kind: JobKind | None) -> JobKind | None:
     """The kind a shared listing may show this key: the one asked for (if its scope is held), else the one kind
     the key holds, else both (None)."""
     if kind is not None:
-        if not principal.has(kind.value):
-            raise missing_scope(kind.value)
+        if not principal.reads(kind):
+            raise missing_scope(SCOPE_FOR_KIND[kind])
         return kind
-    # The kinds a scope creates: `embed` jobs come with `generate` (auth.Principal.has), so a key holding only
-    # `generate` lists generate jobs only. Were `embed` counted as a held kind, it would list every kind,
-    # fine-tunes included.
-    held = [k for k in (JobKind.generate, JobKind.finetune) if principal.has(k.value)]
+    # One scope held: its main kind (a generate-only key lists generate jobs; `?kind=embed` lists the rest).
+    held = [k for k in (JobKind.generate, JobKind.finetune) if principal.reads(k)]
     if not held:
         raise missing_scope(JobKind.generate.value)
     return held[0] if len(held) == 1 else None

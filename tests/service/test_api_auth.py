@@ -147,3 +147,9 @@ def test_shared_job_routes_are_scoped_by_the_jobs_kind(make_gateway) -> None:
     assert gw.client.get("/v1/jobs", headers=admin_only).status_code == 403
     assert gw.client.get(f"/v1/jobs/{generate_id}", headers=gen_only).status_code == 200
     assert gw.client.get(f"/v1/jobs/{finetune_id}", headers=ft_only).status_code == 200
+    embed_id = made[JobKind.embed].id  # made by POST /v1/embeddings, a generate-scope route
+    assert gw.client.get(f"/v1/jobs/{embed_id}", headers=gen_only).status_code == 200
+    assert gw.client.get(f"/v1/jobs/{embed_id}", headers=ft_only).status_code == 403
+    assert [j["id"] for j in gw.client.get("/v1/jobs?kind=embed", headers=gen_only).json()["data"]] == [
+        embed_id
+    ]
