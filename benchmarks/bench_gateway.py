@@ -5,8 +5,10 @@ job store, Celery publishing) and the baseline (`baseline_app` below: validates 
 and one `LPUSH`; `GET` is one Redis `GET`). A closed-loop asyncio client on raw HTTP/1.1 keep-alive connections
 measures requests/s, p50/p99 and the server's CPU per request, for several concurrencies and repeats:
 `POST /v1/generate` on one tenant and spread over 100, `GET /v1/jobs/{id}`, and the in-flight sweep (one
-tenant's rate with 0 / 1,000 / 4,000 / 16,000 of its jobs unfinished). Ratios are only meaningful within one
-run. `--app-dir` runs the gateway of another checkout (a before/after comparison).
+tenant's rate with 0 / 1,000 / 4,000 / 16,000 of its jobs unfinished). Both servers run at once and are
+measured in turn, so each gateway point has a baseline point taken next to it; ratios are only meaningful
+within one run. `--app-dir` runs the gateway of another checkout, or of several side by side in one run
+(`--app-dir /before,/after`: a before/after comparison whose ratios share their baseline points).
 
     python -m benchmarks.bench_gateway --out /tmp/bench-gateway.json
 """
@@ -26,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ BODY = json.dumps({"class_label": 1, "steps": 20, "metadata": {"order": "A-1"}})
 # Unlimited admission: the benchmark measures the path, not the refusals.
 LIMITS = {"FAE_RATE_LIMIT_PER_MINUTE": "100000000", "FAE_MAX_INFLIGHT_PER_TENANT": "100000000"}
 LIMITS["FAE_MAX_QUEUE_DEPTH"] = "100000000"
+SCENARIOS = ["post-1-tenant", "post-100-tenants", "get"]
 STACKS = {
     "h11": ["--loop", "asyncio", "--http", "h11"],
     "httptools": ["--loop", "uvloop", "--http", "httptools"],
@@ -288,7 +291,9 @@ def fill_backlog(env: dict[str, str], app_dir: Path, count: int) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     points: list[Point] = []
-    app_dir = Path(args.app_dir).resolve()
+    app_dirs = [Path(d).resolve() for d in args.app_dir.split(",")]
+    # One gateway ("gateway"), or several checkouts side by side ("gateway:<folder>"), each next to the baseline.
+    gateways = {"gateway" if len(app_dirs) == 1 else f"gateway:{d.name}": d for d in app_dirs}
     with redis_server(work) as redis_url:
         import redis
 
@@ -303,51 +308,78 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         apps = {
             "baseline": ("benchmarks.bench_gateway:baseline_app", REPO),
-            "gateway": ("service.app:create_app", app_dir),
+            **{label: ("service.app:create_app", where) for label, where in gateways.items()},
         }
         for stack in args.stacks.split(","):
-            for app, (target, where) in apps.items():
-                flush()
-                with server(target, env, stack, args.workers, where, work / f"{app}.log") as (port, pid):
-                    time.sleep(0.5)  # the workers are up
-                    pids = process_tree(pid)
-                    label = f"{app}/{stack}"
-                    for repeat in range(args.repeats):
-                        for c in args.concurrency:
-                            for scenario, spread in (("post-1-tenant", False), ("post-100-tenants", True)):
-                                if spread and c != 32:
-                                    continue
+            with ExitStack() as servers:
+                running: dict[str, tuple[int, list[int]]] = {}
+                for app, (target, where) in apps.items():
+                    log = work / f"{app}.log"
+                    port, pid = servers.enter_context(server(target, env, stack, args.workers, where, log))
+                    running[app] = (port, [pid])
+                time.sleep(0.5)  # the workers are up
+                running = {app: (port, process_tree(pids[0])) for app, (port, pids) in running.items()}
+                for repeat in range(args.repeats):
+                    # The apps are up together and measured in turn, the order alternating between repeats:
+                    # the machine's speed drifting during the run changes them alike, not one of them.
+                    order = list(running) if repeat % 2 == 0 else list(reversed(running))
+                    for c in args.concurrency:
+                        for scenario, spread in (("post-1-tenant", False), ("post-100-tenants", True)):
+                            if (spread and c != 32) or scenario not in args.scenarios:
+                                continue
+                            for app in order:
                                 flush()
+                                port, pids = running[app]
                                 result = measure(port, pids, post_requests(c, spread), args.duration)
-                                points.append(Point(label, scenario, c, repeat, **result))
-                        ids = job_ids(port, 200)
-                        get = [
-                            [
-                                request_bytes("GET", f"/v1/jobs/{ids[(c * 13 + j) % len(ids)]}", keys()[0][1])
-                                for j in range(len(ids))
-                            ]
-                            for c in range(32)
-                        ]
-                        points.append(
-                            Point(label, "get", 32, repeat, **measure(port, pids, get, args.duration))
-                        )
-                    if app == "gateway" and args.sweep:
-                        flush()
-                        backlog = 0
-                        for target_backlog in (0, 1000, 4000, 16000):
-                            fill_backlog(env, app_dir, target_backlog - backlog)
-                            backlog = target_backlog
-                            result = measure(port, pids, post_requests(32, False), args.duration)
-                            backlog += result["requests"]  # the measured requests stay in flight too
-                            points.append(
-                                Point(label, "inflight-sweep", 32, 0, **result, backlog=target_backlog)
-                            )
+                                points.append(Point(f"{app}/{stack}", scenario, c, repeat, **result))
+                    if "get" not in args.scenarios:
+                        continue
+                    for app in order:
+                        port, pids = running[app]
+                        get = get_requests(job_ids(port, 200))
+                        result = measure(port, pids, get, args.duration)
+                        points.append(Point(f"{app}/{stack}", "get", 32, repeat, **result))
+                for label, where in gateways.items() if args.sweep else ():
+                    port, pids = running[label]
+                    points += sweep(port, pids, env, where, f"{label}/{stack}", args.duration, flush)
     shutil.rmtree(work, ignore_errors=True)
     return {"points": [asdict(p) for p in points], "summary": summarize(points)}
 
 
+def get_requests(ids: list[str]) -> list[list[bytes]]:
+    """32 connections polling the jobs in `ids`, each in its own order."""
+    key = keys()[0][1]
+    return [
+        [request_bytes("GET", f"/v1/jobs/{ids[(c * 13 + j) % len(ids)]}", key) for j in range(len(ids))]
+        for c in range(32)
+    ]
+
+
+def sweep(
+    port: int,
+    pids: list[int],
+    env: dict[str, str],
+    app_dir: Path,
+    label: str,
+    duration_s: float,
+    flush: Any,
+) -> list[Point]:
+    """One tenant's POST rate with 0 / 1,000 / 4,000 / 16,000 of its jobs unfinished."""
+    flush()
+    points = []
+    backlog = 0
+    for target_backlog in (0, 1000, 4000, 16000):
+        fill_backlog(env, app_dir, target_backlog - backlog)
+        backlog = target_backlog
+        result = measure(port, pids, post_requests(32, False), duration_s)
+        backlog += result["requests"]  # the measured requests stay in flight too
+        points.append(Point(label, "inflight-sweep", 32, 0, **result, backlog=target_backlog))
+    return points
+
+
 def summarize(points: list[Point]) -> list[str]:
-    """Median over repeats, and each gateway point as a ratio of the baseline (same stack, scenario, c)."""
+    """Medians over repeats; each gateway point's ratio is the median of its per-repeat ratios to the baseline
+    point measured next to it (same stack, scenario, concurrency and repeat)."""
     groups: dict[tuple[str, str, int, int], list[Point]] = {}
     for p in points:
         groups.setdefault((p.app, p.scenario, p.concurrency, p.backlog), []).append(p)
@@ -358,12 +390,11 @@ def summarize(points: list[Point]) -> list[str]:
         p50 = statistics.median(p.p50_ms for p in group)
         cpu = statistics.median(p.cpu_ms_per_request for p in group)
         stack = app.split("/")[1]
-        base = groups.get((f"baseline/{stack}", scenario, c, 0))
-        ratio = (
-            f" ({rps / statistics.median(p.rps for p in base):.2f}x baseline)"
-            if base and app != base[0].app
-            else ""
-        )
+        base = {p.repeat: p for p in groups.get((f"baseline/{stack}", scenario, c, 0), [])}
+        pairs = [
+            p.rps / base[p.repeat].rps for p in group if p.repeat in base and p.app != base[p.repeat].app
+        ]
+        ratio = f" ({statistics.median(pairs):.2f}x baseline)" if pairs else ""
         extra = f" backlog={backlog}" if scenario == "inflight-sweep" else ""
         errors = sum(p.errors for p in group)
         lines.append(
@@ -382,8 +413,18 @@ def main(argv: list[str] | None = None) -> int:
         "--stacks", default="h11,httptools", help="uvicorn HTTP stacks: h11, httptools (uvloop)"
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes per app")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda s: s.split(","),
+        default=SCENARIOS,
+        help=f"which of {','.join(SCENARIOS)} to run (the sweep is separate: --no-sweep)",
+    )
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the in-flight sweep")
-    parser.add_argument("--app-dir", default=str(REPO), help="the checkout whose gateway runs (before/after)")
+    parser.add_argument(
+        "--app-dir",
+        default=str(REPO),
+        help="the checkout whose gateway runs; several, comma-separated, run side by side (before/after)",
+    )
     parser.add_argument("--out", help="write the JSON report here")
     args = parser.parse_args(argv)
     report = run(args)

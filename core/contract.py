@@ -12,7 +12,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, ValidationInfo, model_validator
 
 # Limits of a request. The model stack checks the same numbers at its own API (model/ imports nothing of
 # ours, so it keeps copies); tests/architecture/test_limits.py keeps each pair equal.
@@ -62,17 +62,29 @@ def check_free_json(value: Any, max_depth: int, max_bytes: int) -> Any:
     return value
 
 
+# The validation context of a record read back from the job store (`Job.from_record`): its free JSON was
+# checked when the job was built, before it was written, so a read (every poll, every row of a listing) does not
+# check it again.
+_STORED_RECORD = {"stored_record": True}
+
+
+def _free_json(max_depth: int, max_bytes: int) -> AfterValidator:
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if info.context is _STORED_RECORD:
+            return value
+        return check_free_json(value, max_depth, max_bytes)
+
+    return AfterValidator(check)
+
+
 Metadata = Annotated[
     dict[str, Any],
-    AfterValidator(lambda value: check_free_json(value, MAX_METADATA_DEPTH, MAX_METADATA_BYTES)),
+    _free_json(MAX_METADATA_DEPTH, MAX_METADATA_BYTES),
     Field(
         description=f"Free-form JSON echoed back (at most {MAX_METADATA_DEPTH} levels, {MAX_METADATA_BYTES} bytes)."
     ),
 ]
-RequestEcho = Annotated[
-    dict[str, Any],
-    AfterValidator(lambda value: check_free_json(value, MAX_METADATA_DEPTH + 1, _MAX_REQUEST_ECHO_BYTES)),
-]
+RequestEcho = Annotated[dict[str, Any], _free_json(MAX_METADATA_DEPTH + 1, _MAX_REQUEST_ECHO_BYTES)]
 
 
 class JobKind(enum.StrEnum):
@@ -398,6 +410,12 @@ class Job(BaseModel):
     provenance: ProvenanceRecord | None = Field(
         default=None, description="Generate jobs, once succeeded: the credentials and watermark they carry."
     )
+
+    @classmethod
+    def from_record(cls, raw: str | bytes) -> Job:
+        """A job read back from the job store (the JSON a built `Job` wrote): every field is checked again except
+        the free JSON of `request` and `metadata`, checked when the job was built."""
+        return cls.model_validate_json(raw, context=_STORED_RECORD)
 
 
 class AdapterInfo(BaseModel):

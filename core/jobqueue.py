@@ -29,9 +29,12 @@ from typing import Any
 from celery.utils.nodenames import anon_nodename
 
 from core.contract import Job
+from core.redis_async import bounded, loop_client
 from core.settings import Settings
 from core.tasks import QUEUE_WEBHOOKS, TASK_FOR_KIND, TASK_WEBHOOK, make_celery
 from core.webhooks import EmittedEvent
+
+PUBLISH_TIMEOUT_S = 5.0  # the longest publishing a task may wait for Redis
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,9 @@ class CeleryJobQueue(JobQueue):
 
         self.settings = settings
         self.app = make_celery(settings, name="fae-gateway")
-        self._redis = redis.Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis.Redis.from_url(
+            settings.redis.url, socket_timeout=PUBLISH_TIMEOUT_S, socket_connect_timeout=5
+        )
         self._origin = anon_nodename()  # what Celery puts in a message's `origin` header
         # The gateway's asyncio clients, one per event loop (tests may run several).
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
@@ -139,16 +144,13 @@ class CeleryJobQueue(JobQueue):
 
     async def enqueue_async(self, job: Job) -> None:
         task, queue_name = TASK_FOR_KIND[job.kind]
-        await self._async().lpush(queue_name, self.task_message(task, [job.id], queue_name))
+        message = self.task_message(task, [job.id], queue_name)
+        await bounded(self._async().lpush(queue_name, message), PUBLISH_TIMEOUT_S)
 
     def _async(self) -> Any:
-        import redis.asyncio as aioredis
-
         loop = asyncio.get_running_loop()
         if loop not in self._loop_clients:
-            self._loop_clients[loop] = aioredis.Redis.from_url(
-                self.settings.redis.url, socket_timeout=5, socket_connect_timeout=5
-            )
+            self._loop_clients[loop] = loop_client(self.settings.redis.url)
         return self._loop_clients[loop]
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -39,14 +40,17 @@ _PATTERNS = [
         "=",
     ),
 ]
-# Replaced whole under the lock, read without it: every log line scans it, registration is rare.
+# Registered secrets, and one regex that finds any of them: rebuilt whole under the lock on registration (rare),
+# read without it by every log line.
 _secrets: frozenset[str] = frozenset()
+_secrets_pattern: re.Pattern[str] | None = None
 _secrets_lock = threading.Lock()
 
 # Every request's line (service/middleware.py), with these extras: the route template and numbers, which no
 # secret can reach (nor the level, logger name and time).
 ACCESS_LOGGER = "fae.access"
 ACCESS_FIELDS = ("route", "status_code", "duration_s")
+_access_logger = logging.getLogger(ACCESS_LOGGER)
 # One encoder for every line: `json.dumps` with options builds a new one per call.
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
@@ -57,9 +61,50 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, No
 def register_secret(value: str) -> None:
     """Mask this exact value wherever it would appear in a log line (API keys, signing keys...)."""
     if value and len(value) >= 6:
-        global _secrets
+        global _secrets, _secrets_pattern
         with _secrets_lock:
-            _secrets = _secrets | {value}
+            if value not in _secrets:
+                _secrets = _secrets | {value}
+                _secrets_pattern = None  # built again on the next line that is logged
+
+
+def _secret_pattern() -> re.Pattern[str]:
+    global _secrets_pattern
+    pattern = _secrets_pattern
+    if pattern is None:
+        with _secrets_lock:
+            try:
+                pattern = re.compile(_trie_regex(_secrets))
+            except (RecursionError, re.error):  # a pathological set of secrets: each one as its own branch
+                pattern = re.compile("|".join(map(re.escape, sorted(_secrets, key=len, reverse=True))))
+            _secrets_pattern = pattern
+    return pattern
+
+
+def _trie_regex(words: frozenset[str]) -> str:
+    """A regex matching any of `words`, the longest first, shaped as their prefix tree: a search walks the tree
+    once per position of the text instead of trying each word, so its cost does not grow with the number of
+    secrets (a gateway registers every tenant's API key; a thousand of them tried one by one cost about 70 µs
+    on every access line)."""
+    if not words:
+        return r"(?!)"  # matches nothing
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+
+    def branch(node: dict[str, Any]) -> str:
+        ends = "" in node
+        alternatives = [re.escape(char) + branch(child) for char, child in sorted(node.items()) if char]
+        if not alternatives:
+            return ""
+        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+        # Where a word ends but longer ones go on, the longer match is tried first (greedy `?`).
+        return f"(?:{body})?" if ends else body
+
+    return branch(tree)
 
 
 def redact(text: str) -> str:
@@ -67,9 +112,8 @@ def redact(text: str) -> str:
     for pattern, marker in _PATTERNS:
         if marker in lowered:
             text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + _MASK, text)
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
+    if _secrets:
+        text = _secret_pattern().sub(_MASK, text)
     return text
 
 
@@ -106,7 +150,7 @@ class JsonFormatter(logging.Formatter):
         if record.name == ACCESS_LOGGER and not record.exc_info:
             return _access_line(record)
         entry: dict[str, Any] = {
-            "ts": _timestamp(record),
+            "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -121,30 +165,102 @@ class JsonFormatter(logging.Formatter):
         return redact(_ENCODER.encode(entry))
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 def _access_line(record: logging.LogRecord) -> str:
-    """`JsonFormatter`'s line for an access record, built once per request: the same fields in the same order,
-    without scanning the record's attributes for extras (they are `ACCESS_FIELDS`), and with only the values a
-    request can supply searched for secrets (each search looks for every registered secret): the message (its
-    path) and the request id (the client's X-Request-ID). The tenant is the API key's, from configuration, and
-    job ids are the gateway's own."""
-    entry: dict[str, Any] = {
-        "ts": _timestamp(record),
-        "level": record.levelname,
-        "logger": record.name,
-        "message": redact(record.getMessage()),
-    }
-    for name, var in _CONTEXT.items():
-        entry[name] = getattr(record, name, None) or var.get()
-    if entry["request_id"]:
-        entry["request_id"] = redact(entry["request_id"])
+    """`JsonFormatter`'s line for an access record (one that `log_access` sent through `logging`)."""
     fields = vars(record)
-    for name in ACCESS_FIELDS:
-        entry[name] = fields[name]
+    return _access_json(
+        record.created,
+        record.levelname,
+        record.getMessage(),
+        *(getattr(record, name, None) or var.get() for name, var in _CONTEXT.items()),
+        *(fields[name] for name in ACCESS_FIELDS),
+    )
+
+
+def _access_json(
+    created: float,
+    level: str,
+    message: str,
+    request_id: str | None,
+    job_id: str | None,
+    tenant: str | None,
+    route: str,
+    status_code: int,
+    duration_s: float,
+) -> str:
+    """The access line: `JsonFormatter`'s fields in its order. Only the values a request can supply are searched
+    for secrets: the message (its path) and the request id (the client's X-Request-ID). The tenant is the API
+    key's, from configuration, and job ids are the gateway's own."""
+    entry: dict[str, Any] = {
+        "ts": _timestamp(created),
+        "level": level,
+        "logger": ACCESS_LOGGER,
+        "message": redact(message),
+        "request_id": redact(request_id) if request_id else request_id,
+        "job_id": job_id,
+        "tenant": tenant,
+        "route": route,
+        "status_code": status_code,
+        "duration_s": duration_s,
+    }
     return _ENCODER.encode(entry)
+
+
+def log_access(method: str, path: str, status_code: int, route: str, duration_s: float) -> None:
+    """One request's access line (`fae.access`, INFO). Where `logging` would only hand it to this module's JSON
+    handler anyway (a configured process: that handler alone on the root logger, nothing else on the way), the
+    line is written to that handler's stream directly: the same line, without a LogRecord, a caller lookup and
+    the filter and handler passes, which took about 10% of the gateway's CPU on a poll of a job
+    (benchmarks/RESULTS.md). Anywhere else (text lines, more handlers, such as a test's log capture) it goes
+    through `logging`."""
+    if not _access_logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_json_handler()
+    if handler is not None:
+        line = _access_json(
+            time.time(),
+            "INFO",
+            f"{method} {path} {status_code}",
+            request_id_var.get(),
+            job_id_var.get(),
+            tenant_var.get(),
+            route,
+            status_code,
+            duration_s,
+        )
+        try:
+            with handler.lock:  # type: ignore[union-attr]
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+            return
+        except Exception:
+            pass
+    fields = {"route": route, "status_code": status_code, "duration_s": duration_s}
+    _access_logger.info("%s %s %d", method, path, status_code, extra=fields)
+
+
+def _sole_json_handler() -> _FaeHandler | None:
+    """This module's JSON handler, if an access record would reach it and nothing else."""
+    root = logging.root
+    if len(root.handlers) != 1 or root.filters:
+        return None
+    handler = root.handlers[0]
+    if type(handler) is not _FaeHandler or handler.level > logging.INFO:
+        return None
+    if not isinstance(handler.formatter, JsonFormatter) or [type(f) for f in handler.filters] != [
+        ContextFilter
+    ]:
+        return None
+    node: logging.Logger = _access_logger
+    while node is not root:
+        if node.handlers or node.filters or not node.propagate:
+            return None
+        node = node.parent  # type: ignore[assignment]
+    return handler
 
 
 class TextFormatter(logging.Formatter):

@@ -129,6 +129,11 @@ JOBS_RUNNING = Gauge(
 WORKER_READY = Gauge(
     "fae_worker_ready", "1 once the worker's model is loaded and warm.", multiprocess_mode="livemax"
 )
+GC_FROZEN_OBJECTS = Gauge(
+    "fae_gc_frozen_objects",
+    "Objects this process froze after start-up (core/heap.py): out of the garbage collector's full passes.",
+    multiprocess_mode="livesum",
+)
 DEAD_LETTERS = Gauge(
     "fae_dead_letters", "Jobs parked in the dead-letter list.", multiprocess_mode="mostrecent"
 )

@@ -37,6 +37,12 @@ class ProcessSettings(_Group):
     metrics_dir: Path | None = Field(
         None, description="Prometheus multi-process directory (sets `PROMETHEUS_MULTIPROC_DIR`)"
     )
+    gc_freeze: bool = Field(
+        True,
+        description="once started, move the process's long-lived objects out of Python's full garbage "
+        "collections (`gc.freeze`; each full pass otherwise stops a gateway for about 50 ms); off only where "
+        "one process builds many apps, like the test suite",
+    )
 
 
 class GatewaySettings(_Group):

@@ -16,10 +16,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from core import metrics
 from core.contract import MAX_EMBED_IMAGES
+from core.heap import freeze_startup_objects
 from core.jobqueue import CeleryJobQueue, JobQueue
 from core.jobstore import JobStore, make_job_store
 from core.logs import configure_logging, register_secret
@@ -29,7 +30,7 @@ from service.auth import ApiKeyRegistry
 from service.catalog import ModelCatalog
 from service.datasets import UploadSlots
 from service.deps import Services
-from service.edges import reject_unknown_query
+from service.edges import GatewayRoute
 from service.middleware import GatewayMiddleware
 from service.openapi import install_openapi, operation_id
 from service.problems import install_problem_handlers
@@ -56,6 +57,25 @@ API_DESCRIPTION = """Image generation and fine-tuning with FAE models.
 Authenticate with `Authorization: Bearer <API key>`. Errors are RFC 9457 problem details
 (`application/problem+json`). `POST /v1/generate` answers 202 with a job to poll (or follow at
 `/v1/jobs/{id}/events`), or 200 with the finished job when `Prefer: wait=N` suffices."""
+
+
+# The documentation's sections, in reading order (Swagger UI and ReDoc follow this list, not the routes').
+API_TAGS = [
+    {
+        "name": "generate",
+        "description": "Generate images (text or class prompts; optionally from an input image).",
+    },
+    {"name": "openai", "description": "OpenAI-compatible image generation (`base_url` of the `openai` SDK)."},
+    {"name": "jobs", "description": "Follow, cancel and delete generation jobs."},
+    {"name": "embeddings", "description": "FAE latents and encoder features of images."},
+    {"name": "finetunes", "description": "Brand fine-tunes: a few dozen images in, an adapter out."},
+    {"name": "models", "description": "The models on offer and the tenant's adapters."},
+    {"name": "provenance", "description": "Content Credentials and watermark verification."},
+    {"name": "webhooks", "description": "The tenant's webhook signing secret."},
+    {"name": "files", "description": "Outputs stored by local storage (S3 deployments link presigned URLs)."},
+    {"name": "admin", "description": "Operators: jobs that kept killing their worker, and their replay."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
 
 
 def _body_limits(gateway: GatewaySettings) -> Callable[[str, str], int]:
@@ -104,6 +124,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue.start()
         logger.info("gateway started", extra={"models": [m.name for m in services.models.all()]})
+        if settings.process.gc_freeze:
+            freeze_startup_objects("gateway started")
         try:
             yield
         finally:
@@ -120,19 +142,22 @@ def create_app(
         description=API_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,  # short, stable operation ids (service/openapi.py)
-        dependencies=[Depends(reject_unknown_query)],
+        openapi_tags=API_TAGS,
         docs_url=None,  # served from local files by install_openapi (no CDN)
         redoc_url=None,
     )
     app.state.services = services
+    app.router.route_class = GatewayRoute  # the routes added on the app itself (the docs pages)
     install_problem_handlers(app)
     install_openapi(app)
+    # Routers are matched in this order, one after another: job polling, the most frequent request by far,
+    # first. The documentation keeps its own order (`API_TAGS`).
     for module in (
+        jobs,
         generate_upload,  # multipart only; before the JSON route at the same path
         generate,
         embeddings,
         images,
-        jobs,
         finetunes,
         models,
         adapters,

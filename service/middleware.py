@@ -19,12 +19,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
-from core.logs import ACCESS_LOGGER, job_id_var, request_id_var, tenant_var, traceparent_var
+from core.logs import job_id_var, log_access, request_id_var, tenant_var, traceparent_var
 from service.edges import valid_traceparent
 from service.problems import problem_response
 
 logger = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _NO_BODY = frozenset(("GET", "HEAD", "OPTIONS", "DELETE"))
 
@@ -99,13 +98,7 @@ class GatewayMiddleware:
             method = scope.get("method", "GET")
             self._observe(template, method, status_code, elapsed, held_mode(template, prefer))
             # The path only: query strings can carry URL signatures.
-            access_log.info(
-                "%s %s %d",
-                method,
-                scope.get("path", ""),
-                status_code,
-                extra={"route": template, "status_code": status_code, "duration_s": round(elapsed, 4)},
-            )
+            log_access(method, scope.get("path", ""), status_code, template, round(elapsed, 4))
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, declared: bytes | None) -> None:
         """The size limits, then the app."""

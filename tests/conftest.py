@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from core.jobstore import JobStore
 
 STARTUP_TIMEOUT_S = 60.0
+
+# A test process builds hundreds of apps: freezing each one's start-up objects (core/heap.py) would keep them
+# all alive and add a full collection to every start. The tests of the freeze turn it back on.
+os.environ.setdefault("FAE_GC_FREEZE", "false")
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from core import metrics
 from core.contract import Job
+from core.heap import freeze_startup_objects
 from core.jobqueue import JobQueue
 from core.jobstore import JobStore
 from core.settings import Settings
@@ -125,6 +126,8 @@ class InProcessJobQueue(JobQueue):
                 on_event=self.notify_event,
             )
             metrics.WORKER_READY.set(1)
+            if self.settings.process.gc_freeze:  # the gateway froze its own at start; this is the model's
+                freeze_startup_objects("embedded model loaded")
         except Exception:
             log.exception("embedded worker could not load its model; jobs stay queued")
         finally:

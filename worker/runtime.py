@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from core import metrics
+from core.heap import freeze_startup_objects
 from core.jobqueue import CeleryJobQueue
 from core.jobstore import JobStore, make_job_store
 from core.settings import Settings
@@ -80,6 +81,8 @@ class WorkerRuntime:
             self.storage, settings.storage, self.store, retention_claim(settings)
         ).start()
         log.info("worker booted", extra={"worker_id": self.worker_id, "queues": self.queues})
+        if settings.process.gc_freeze:  # the model and its compiled graphs stay for the process's life
+            freeze_startup_objects("worker booted")
 
     def mark_consuming(self, pause: Callable[[str], None], resume: Callable[[str], None]) -> None:
         """The consumer is up; from now on it stops taking the model queues' jobs while storage is down

@@ -104,11 +104,14 @@ return {'created', remaining, reset, depth}
 
 # One job as `GET /v1/jobs/{id}` reads it, in one command (a pipeline of GET and ZRANKs costs the gateway
 # several times the CPU). KEYS: job, then queue:<kind> for every kind; ARGV: job id. Returns false (no job),
-# or {job JSON, its rank in each queue (false where absent)}.
+# {job JSON, its queue rank} while it waits in a queue (only its own kind's queue can hold its id), else
+# {job JSON}: the shortest reply, since the gateway parses each element of it.
 FETCH = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
-local found = {raw}
-for i = 2, #KEYS do found[i] = redis.call('ZRANK', KEYS[i], ARGV[1]) end
-return found
+for i = 2, #KEYS do
+  local rank = redis.call('ZRANK', KEYS[i], ARGV[1])
+  if rank then return {raw, rank} end
+end
+return {raw}
 """

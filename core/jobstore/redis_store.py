@@ -58,9 +58,13 @@ from core.jobstore.base import (
     sort_dead_letters,
 )
 from core.jobstore.redis_scripts import ACQUIRE_LEASE, ADMIT, FETCH, RELEASE_LEASE, RENEW_LEASE
+from core.redis_async import bounded, loop_client
 from core.settings import LimitsSettings, RedisSettings
 
 _KINDS = tuple(JobKind)
+COMMAND_TIMEOUT_S = (
+    10.0  # the longest a call may wait for Redis (sync: per socket operation; async: per call)
+)
 
 
 class _RedisBackend:
@@ -72,7 +76,7 @@ class _RedisBackend:
         self._redis = redis.Redis.from_url(
             redis_settings.url,
             decode_responses=True,
-            socket_timeout=10,
+            socket_timeout=COMMAND_TIMEOUT_S,
             socket_connect_timeout=5,
             health_check_interval=30,
         )
@@ -84,7 +88,7 @@ class _RedisBackend:
             asyncio.AbstractEventLoop, tuple[aioredis.Redis, Any, Any]
         ]
         self._loop_clients = weakref.WeakKeyDictionary()
-        self._queue_keys = [self._k("queue", kind.value) for kind in _KINDS]  # FETCH ranks a job in each
+        self._queue_keys = [self._k("queue", kind.value) for kind in _KINDS]  # FETCH looks for a job in each
 
     def _k(self, *parts: str) -> str:
         return ":".join((self._ns, *parts))
@@ -94,7 +98,7 @@ class _RedisBackend:
 
     def _load(self, job_id: str) -> Job | None:
         raw = self._redis.get(self._job_key(job_id))
-        return Job.model_validate_json(raw) if raw is not None else None
+        return Job.from_record(raw) if raw is not None else None
 
     def _lease_keys(self) -> list[str]:
         return [self._k("leases"), self._k("lease_owner")]
@@ -156,7 +160,7 @@ class RedisJobRecords(_RedisBackend, JobRecords):
             return None
         if record.get("body_hash") != body_hash:
             raise IdempotencyConflict(record["job_id"])
-        return Job.model_validate_json(job_raw)
+        return Job.from_record(job_raw)
 
     def find_idempotent(self, tenant: str, idempotency_key: str, body_hash: str) -> Job | None:
         return self._idempotent_job(
@@ -185,7 +189,7 @@ class RedisJobRecords(_RedisBackend, JobRecords):
             if stale:
                 self._redis.zrem(index_key, *stale)
             found += [
-                (Job.model_validate_json(raw), int(score))
+                (Job.from_record(raw), int(score))
                 for (_, score), raw in zip(entries, raws, strict=True)
                 if raw is not None
             ]
@@ -223,7 +227,7 @@ class RedisJobRecords(_RedisBackend, JobRecords):
             raw = pipe.get(key)
             if raw is None:
                 raise JobNotFound(job_id)
-            old = Job.model_validate_json(raw)
+            old = Job.from_record(raw)
             new = change(old)
             pipe.multi()
             pipe.set(key, new.model_dump_json(), ex=self.limits.job_ttl_s)
@@ -406,9 +410,7 @@ class RedisJobStore(
         loop = asyncio.get_running_loop()
         entry = self._loop_clients.get(loop)
         if entry is None:
-            client = aioredis.Redis.from_url(
-                self.redis_settings.url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
-            )
+            client = loop_client(self.redis_settings.url, decode_responses=True)
             entry = self._loop_clients[loop] = (
                 client,
                 client.register_script(ADMIT),
@@ -420,7 +422,7 @@ class RedisJobStore(
             pipe.script_load(ADMIT)
             pipe.script_load(FETCH)
             with contextlib.suppress(redis.RedisError):
-                await pipe.execute()
+                await bounded(pipe.execute(), COMMAND_TIMEOUT_S)
         return entry
 
     async def admit(
@@ -463,14 +465,16 @@ class RedisJobStore(
             self._ns,
             int(deadline_at.timestamp() * 1000) if deadline_at is not None else "",
         ]
-        outcome, remaining, reset_s, detail, *rest = await script(keys=keys, args=args)
+        outcome, remaining, reset_s, detail, *rest = await bounded(
+            script(keys=keys, args=args), COMMAND_TIMEOUT_S
+        )
         if outcome == "conflict":
             raise IdempotencyConflict(detail)
         budget = RateBudget(limits.rate_limit_per_minute, int(remaining), float(reset_s))
         result = AdmissionOutcome(outcome)
         if result is AdmissionOutcome.replayed:
             position = int(rest[0])
-            replayed = Job.model_validate_json(detail)
+            replayed = Job.from_record(detail)
             if position >= 0:
                 replayed = replayed.model_copy(update={"queue_position": position})
             return Admission(result, budget, job=replayed)
@@ -486,15 +490,16 @@ class RedisJobStore(
 
     async def fetch(self, job_id: str) -> Job | None:
         _, _, script = await self._async()
-        # A job's kind is inside its record: the script ranks it in every queue (in `_KINDS` order).
-        found = await script(keys=[self._job_key(job_id), *self._queue_keys], args=[job_id])
+        # A job's kind is inside its record: the script looks for it in each queue (`_KINDS` order: generate first).
+        found = await bounded(
+            script(keys=[self._job_key(job_id), *self._queue_keys], args=[job_id]), COMMAND_TIMEOUT_S
+        )
         if found is None:
             return None
-        raw, *ranks = found
-        job = Job.model_validate_json(raw)
+        raw, *rank = found
+        job = Job.from_record(raw)
         if job.status is JobStatus.queued:
-            rank = ranks[_KINDS.index(job.kind)]
-            job = job.model_copy(update={"queue_position": int(rank) if rank is not None else None})
+            job = job.model_copy(update={"queue_position": int(rank[0]) if rank else None})
         return job
 
     async def aclose(self) -> None:

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Response
 from core.contract import AdapterInfo, AdapterRecord
 from service.adapter_export import AdapterExportError, peft_zip
 from service.deps import Caller, ServicesDep
+from service.edges import GatewayRoute
 from service.problems import ProblemError, not_found
 from service.schemas import AdapterId
 
-router = APIRouter(prefix="/v1/adapters", tags=["models"])
+router = APIRouter(prefix="/v1/adapters", tags=["models"], route_class=GatewayRoute)
 
 
 def owned_adapter(services: ServicesDep, tenant: str, adapter_id: str) -> AdapterRecord:

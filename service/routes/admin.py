@@ -7,11 +7,12 @@ from fastapi import APIRouter, Request, Response
 from core.contract import Job
 from service.admission import build_job, enqueue, new_job_id
 from service.deps import AdminCaller, ServicesDep
+from service.edges import GatewayRoute
 from service.presenters import present_job
 from service.problems import not_found
 from service.schemas import DeadLetterList, JobId
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=GatewayRoute)
 
 
 @router.get("/dead-letters", response_model=DeadLetterList, summary="Jobs that kept killing their worker")

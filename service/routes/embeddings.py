@@ -21,12 +21,13 @@ from core.contract import MAX_EMBED_IMAGES, EmbeddingKind, EmbedRequest, JobKind
 from core.storage import Storage
 from service.admission import admit, build_job, new_job_id
 from service.deps import GenerateCaller, Services, ServicesDep
+from service.edges import GatewayRoute
 from service.input_images import checked_image, read_reference, store_inputs, too_large
 from service.presenters import cancel_job
 from service.problems import ProblemError, unsupported_media_type
 from service.validation import invalid, parse_json_body, resolve_model
 
-router = APIRouter(prefix="/v1", tags=["embeddings"])
+router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=GatewayRoute)
 _FORM_LIMITS = {"max_files": MAX_EMBED_IMAGES, "max_fields": 8, "max_part_size": 64 * 1024}
 
 

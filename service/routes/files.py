@@ -13,9 +13,10 @@ from fastapi.responses import FileResponse
 
 from core.storage import InvalidKey, LocalStorage, content_type_for
 from service.deps import Services, ServicesDep
+from service.edges import GatewayRoute
 from service.problems import ProblemError, not_found
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=GatewayRoute)
 
 
 Expires = Annotated[int, Query(ge=0, le=2**40, description="Unix time the URL stops working.")]

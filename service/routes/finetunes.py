@@ -31,12 +31,13 @@ from core.storage import InvalidKey, check_key
 from service.admission import admit, build_job, check_admission, new_job_id, rate_headers
 from service.datasets import IMAGE_EXTENSIONS, DatasetWriter, UploadRejected, UploadTooLarge
 from service.deps import FinetuneCaller, Services, ServicesDep
+from service.edges import GatewayRoute
 from service.presenters import cancel_job, job_page, owned_job, present_job
 from service.problems import ProblemError, unsupported_media_type
 from service.schemas import JobId, JobPage
 from service.validation import check_webhook, invalid, parse_json, parse_json_body, resolve_model
 
-router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"])
+router = APIRouter(prefix="/v1/finetunes", tags=["finetunes"], route_class=GatewayRoute)
 
 # The README's `images` and the spec's `files` name the same thing; the older names stay accepted.
 FILE_FIELDS = ("files", "images", "file", "dataset")

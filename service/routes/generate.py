@@ -12,11 +12,11 @@ from core.contract import GenerateRequest, Job, JobStatus
 from core.jobstore.base import Admission, AdmissionOutcome
 from service.admission import admit_generate, rate_headers
 from service.deps import GenerateCaller, Services, ServicesDep
-from service.edges import prefers_async
+from service.edges import GatewayRoute, prefers_async
 from service.presenters import present_job, presenting_blocks
 from service.problems import ProblemError
 
-router = APIRouter(prefix="/v1", tags=["generate"])
+router = APIRouter(prefix="/v1", tags=["generate"], route_class=GatewayRoute)
 MULTIPART_SCHEMA = {
     "schema": {
         "type": "object",

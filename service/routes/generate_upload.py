@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.routing import Match
@@ -21,6 +20,7 @@ from starlette.types import Scope
 from core.contract import GenerateRequest, Job
 from service.admission import admit_generate
 from service.deps import GenerateCaller, ServicesDep
+from service.edges import GatewayRoute
 from service.input_images import too_large
 from service.routes.generate import answer
 from service.validation import invalid, parse_json
@@ -31,7 +31,7 @@ UPLOAD_PLACEHOLDER = "upload"  # the body's `image` while the file part travels 
 _FORM_LIMITS = {"max_files": 1, "max_fields": 64, "max_part_size": 64 * 1024}
 
 
-class MultipartRoute(APIRoute):
+class MultipartRoute(GatewayRoute):
     """Matches multipart/form-data requests only, so the JSON route at the same path keeps the others."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:

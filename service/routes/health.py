@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field
 from core import metrics
 from core.contract import JobKind
 from service.deps import ServicesDep
+from service.edges import GatewayRoute
 from service.problems import problem_response
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GatewayRoute)
 logger = logging.getLogger(__name__)
 
 

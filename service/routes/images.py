@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +23,7 @@ from core.contract import GenerateRequest, Job, JobStatus
 from core.jobstore.base import AdmissionOutcome
 from service.admission import admit_generate, rate_headers
 from service.deps import GenerateCaller, ServicesDep
+from service.edges import GatewayRoute
 from service.presenters import cancel_job, present_job
 from service.problems import ProblemError
 from service.schemas import OpenAIImage, OpenAIImageRequest, OpenAIImagesResponse
@@ -63,7 +63,7 @@ def openai_error(response: Response) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class OpenAIErrorRoute(APIRoute):
+class OpenAIErrorRoute(GatewayRoute):
     """Runs the app's own exception handlers (problem JSON), then reshapes their answer for OpenAI clients."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:

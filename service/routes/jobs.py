@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from core.contract import Job, JobKind, JobStatus
 from core.jobstore import JobStore
 from service.deps import Caller, ServicesDep
+from service.edges import GatewayRoute
 from service.presenters import (
     cancel_job,
     delete_job,
@@ -25,7 +26,7 @@ from service.presenters import (
 )
 from service.schemas import JobId, JobPage
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=GatewayRoute)
 
 # While nothing changes, an event stream still re-reads the job this often (queue positions move) and
 # sends a comment line (keeps proxies from closing an idle stream).

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Response
 
 from core.contract import adapter_key, dataset_key
 from service.deps import Caller, FinetuneCaller, ServicesDep
+from service.edges import GatewayRoute
 from service.problems import not_found
 from service.schemas import AdapterId, AdapterList, Model, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], route_class=GatewayRoute)
 
 
 @router.get(

@@ -15,10 +15,11 @@ from core.provenance import CredentialStatus, SignerTrust, sniff_format, trust_a
 from core.settings import ProvenanceSettings
 from core.watermark import detect, payload_hex
 from service.deps import GenerateCaller, Services, ServicesDep
+from service.edges import GatewayRoute
 from service.problems import ProblemError
 from service.schemas import CredentialsCheck, ProvenanceVerification, WatermarkCheck
 
-router = APIRouter(prefix="/v1/provenance", tags=["provenance"])
+router = APIRouter(prefix="/v1/provenance", tags=["provenance"], route_class=GatewayRoute)
 
 
 @lru_cache(maxsize=4)

@@ -8,9 +8,10 @@ from fastapi import APIRouter
 
 from core.webhooks import rotate_secret, signing_secrets
 from service.deps import Caller, ServicesDep
+from service.edges import GatewayRoute
 from service.schemas import WebhookSecret
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=GatewayRoute)
 
 
 @router.get("/secret", response_model=WebhookSecret, summary="The secret that signs this tenant's webhooks")

@@ -63,7 +63,9 @@ def test_dead_letters_are_typed_and_a_missing_one_is_404(fae: FAEClient) -> None
 
 
 def test_jobs_get_list_wait_and_cancel(fae: FAEClient) -> None:
-    busy = long_job(fae)
+    # Four long jobs ahead (about a second and a half of work on an idle machine), so the last job is still
+    # waiting when the short wait below gives up (one long job alone can end within that wait).
+    *ahead, busy = [long_job(fae) for _ in range(4)]
     queued = fae.generate(class_label=3, steps=3)
     assert queued.status == "queued" and not queued.done
     assert fae.jobs.get(queued.id).id == queued.id
@@ -81,6 +83,8 @@ def test_jobs_get_list_wait_and_cancel(fae: FAEClient) -> None:
     assert canceled.status == "canceled"
     with pytest.raises(JobFailedError):
         fae.images(canceled)
+    for earlier in ahead:
+        fae.jobs.cancel(earlier.id)
     stopping = fae.jobs.cancel(busy.id)
     assert stopping.cancel_requested or stopping.status == "canceled"
     assert fae.jobs.wait(busy.id, timeout=60).status == "canceled"

@@ -11,7 +11,10 @@ from core.logs import (
     ContextFilter,
     JsonFormatter,
     TextFormatter,
+    _FaeHandler,
+    _sole_json_handler,
     bind,
+    log_access,
     redact,
     register_secret,
 )
@@ -59,6 +62,22 @@ def test_secrets_are_masked_in_messages_extras_and_tracebacks() -> None:
     assert "ValueError" in entry["exception"]
 
 
+def test_every_registered_secret_is_masked_however_many_and_however_alike() -> None:
+    """One search finds any of many secrets (a prefix tree as one regex): secrets that share prefixes,
+    that are prefixes of one another (the longest is masked whole) or that hold regex metacharacters."""
+    alike = [f"tenant-key-{i:04d}-suffix" for i in range(300)]
+    for secret in [*alike, "tenant-key-00", "tenant-key-0001-suffix-longer", "a.b*c+d?(e)[f]{g}|h^$\\"]:
+        register_secret(secret)
+    text = (
+        "k=tenant-key-0001-suffix-longer j=tenant-key-0299-suffix x tenant-key-00 m=a.b*c+d?(e)[f]{g}|h^$\\ !"
+    )
+    assert redact(text) == "k=*** j=*** x *** m=*** !"
+    assert (
+        redact("tenant-key-0") == "tenant-key-0" and redact("a.bxc+d") == "a.bxc+d"
+    )  # no partial or regex match
+    assert redact("xtenant-key-0042-suffixy") == "x***y"  # found inside longer text, as before
+
+
 def test_text_format_masks_too() -> None:
     logger, stream = capture(TextFormatter())
     with bind(job_id="j2"):
@@ -91,3 +110,40 @@ def test_access_lines_mask_what_a_request_supplies() -> None:
     assert entry["logger"] == ACCESS_LOGGER and entry["tenant"] == "acme" and entry["job_id"] is None
     assert (entry["route"], entry["status_code"], entry["duration_s"]) == ("/v1/jobs/{job_id}", 200, 0.0012)
     assert entry["level"] == "INFO" and entry["ts"]
+
+
+def test_the_access_line_written_directly_is_the_one_logging_writes(monkeypatch) -> None:
+    """A configured process's access lines skip `logging`'s record and handler passes (`log_access`); they are
+    the very lines `logging` would write, and go through `logging` as soon as anything else would see them."""
+    register_secret("direct-secret-key")
+    stream = io.StringIO()
+    ours = _FaeHandler(stream)
+    ours.setFormatter(JsonFormatter())
+    ours.addFilter(ContextFilter())
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [ours])  # alone, as `configure_logging` leaves it (no test capture)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        assert _sole_json_handler() is ours
+        with bind(request_id="req-direct-secret-key", tenant="acme", job_id="job-7"):
+            log_access("POST", "/v1/jobs/direct-secret-key", 202, "/v1/generate", 0.0031)
+            other = logging.StreamHandler(io.StringIO())
+            root.addHandler(other)  # now a second handler would see it: through `logging`
+            assert _sole_json_handler() is None
+            log_access("POST", "/v1/jobs/direct-secret-key", 202, "/v1/generate", 0.0031)
+            root.removeHandler(other)
+    finally:
+        root.setLevel(level)
+    direct, through_logging = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert direct.pop("ts") and through_logging.pop("ts")
+    assert list(direct) == list(through_logging) and direct == through_logging
+    assert direct["message"] == "POST /v1/jobs/*** 202" and direct["request_id"] == "req-***"
+    assert (direct["tenant"], direct["job_id"], direct["route"], direct["status_code"]) == (
+        "acme",
+        "job-7",
+        "/v1/generate",
+        202,
+    )
+    ours.setFormatter(TextFormatter())
+    assert _sole_json_handler() is None  # text lines are written by `logging`

@@ -127,6 +127,20 @@ def test_a_job_the_reader_would_refuse_cannot_be_built() -> None:
         )
 
 
+def test_a_stored_record_is_read_without_checking_its_free_json_again() -> None:
+    """Reading a record back (every poll, every listed job) skips the free-JSON check its build ran; everything
+    else is still checked, and a record from anywhere but the store gets the check as before."""
+    job = Job(id="j", kind=JobKind.generate, status=JobStatus.queued, tenant="t", created_at=utcnow())
+    record = job.model_dump_json().replace(
+        '"metadata":{}', '"metadata":{"x":"' + "y" * MAX_METADATA_BYTES + '"}'
+    )
+    assert len(Job.from_record(record).metadata["x"]) == MAX_METADATA_BYTES
+    with pytest.raises(ValidationError, match="bytes of JSON"):
+        Job.model_validate_json(record)
+    with pytest.raises(ValidationError, match="status"):
+        Job.from_record(record.replace('"status":"queued"', '"status":"lost"'))
+
+
 def test_a_6to4_webhook_to_loopback_is_refused_at_submission(make_gateway, headers) -> None:
     gw = make_gateway()
     body = {"class_label": 1, "webhook_url": "http://[2002:7f00:1::]:8080/hook"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import redis
 from tests.service.conftest import API_KEYS, auth
 from tests.service.test_embedded_cli import REPO, free_port
 
+FROZEN = re.compile(r"^fae_gc_frozen_objects (\S+)$", re.M)
 HEALTHZ = re.compile(r'^fae_http_requests_total\{method="GET",route="/healthz",status="200"\} (\S+)$', re.M)
 
 
@@ -65,11 +67,21 @@ def test_two_gateway_processes_report_metrics_that_add_up(tmp_path: Path, redis_
             scrape = httpx.get(f"{base}/metrics", timeout=10)
             assert scrape.status_code == 200
             assert float(HEALTHZ.search(scrape.text).group(1)) == sent
+            # each process froze its start-up objects (the default, FAE_GC_FREEZE): tens of thousands each
+            assert float(FROZEN.search(scrape.text).group(1)) > 2 * 20_000
         job = httpx.post(f"{base}/v1/generate", json={"class_label": 1}, headers=auth("acme"), timeout=10)
         assert job.status_code == 202, job.text
         assert (
             httpx.get(f"{base}/v1/jobs/{job.json()['id']}", headers=auth("acme")).json()["status"] == "queued"
         )
+        # every request's access line, written by each process straight to its log stream (core.logs.log_access)
+        lines = [
+            json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if line[:1] == "{"
+        ]
+        access = [line for line in lines if line["logger"] == "fae.access"]
+        assert sum(line["route"] == "/healthz" and line["status_code"] == 200 for line in access) >= sent
+        polled = [line for line in access if line["route"] == "/v1/jobs/{job_id}"]
+        assert len(polled) == 1 and polled[0]["tenant"] == "acme" and polled[0]["request_id"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

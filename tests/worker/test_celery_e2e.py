@@ -298,6 +298,9 @@ def test_generate_end_to_end_with_outputs_in_s3(live: Cluster, generate_job: Cal
     assert live.metric_total("fae_images_generated_total", model="tiny") == images_before + 2
     assert live.metric_total("fae_worker_ready") == 2
     assert live.metric_total("fae_model_warmup_seconds") > 0
+    # both froze what booting built, model included (the default, FAE_GC_FREEZE): out of full collections
+    assert all(w.get("/metrics")[1].count("\nfae_gc_frozen_objects ") == 1 for w in live.workers.values())
+    assert live.metric_total("fae_gc_frozen_objects") > 2 * 50_000
     assert live.metric_total("fae_job_duration_seconds_count", kind="generate", stage="denoise") >= 1
     assert live.metric_total("fae_denoise_step_seconds_count") >= 3
 
