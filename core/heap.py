@@ -5,7 +5,9 @@ Celery's client) holds about 100,000 of them, and one such pass stops the proces
 most of the gateway's p99 under load (benchmarks/RESULTS.md, issue 13). A worker holds more. What start-up
 built lives as long as the process, so `gc.freeze()` moves it to a permanent generation the collector skips;
 what requests allocate later is collected as before. Cyclic garbage made before the freeze is collected
-first: once frozen it never would be.
+first: once frozen it never would be. A later call (embedded mode: once its model has loaded, while the gateway
+froze at its own start) unfreezes first, so what died in between, such as a loader's temporaries, is collected
+before the new freeze.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 def freeze_startup_objects(stage: str) -> int:
     """Collect, then freeze every object alive now; returns how many are frozen. Call it when a process has
-    finished starting (`stage` names when, for the log). Calling it again later freezes what was built since."""
+    finished starting (`stage` names when, for the log); calling it again collects and freezes everything anew."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()

@@ -74,10 +74,11 @@ def _secret_pattern() -> re.Pattern[str]:
     if pattern is None:
         with _secrets_lock:
             try:
-                pattern = re.compile(_trie_regex(_secrets))
-            except (RecursionError, re.error):  # a pathological set of secrets: each one as its own branch
-                pattern = re.compile("|".join(map(re.escape, sorted(_secrets, key=len, reverse=True))))
-            _secrets_pattern = pattern
+                any_secret = _trie_regex(_secrets)
+            except RecursionError:  # a pathological set of secrets: each one as its own branch
+                any_secret = "|".join(map(re.escape, sorted(_secrets, key=len, reverse=True)))
+            # A lookahead: a match at every position where a secret starts, overlapping ones included.
+            pattern = _secrets_pattern = re.compile(f"(?=({any_secret}))")
     return pattern
 
 
@@ -113,8 +114,28 @@ def redact(text: str) -> str:
         if marker in lowered:
             text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + _MASK, text)
     if _secrets:
-        text = _secret_pattern().sub(_MASK, text)
+        text = _mask_secrets(text)
     return text
+
+
+def _mask_secrets(text: str) -> str:
+    """`text` with every registered secret in it masked: the union of their spans, so a secret that starts
+    inside another leaves no part of either in clear."""
+    spans: list[list[int]] = []
+    for match in _secret_pattern().finditer(text):
+        start, end = match.start(), match.end(1)
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    if not spans:
+        return text
+    parts, kept_from = [], 0
+    for start, end in spans:
+        parts += (text[kept_from:start], _MASK)
+        kept_from = end
+    parts.append(text[kept_from:])
+    return "".join(parts)
 
 
 @contextlib.contextmanager

@@ -267,6 +267,7 @@ def install_openapi(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
                 webhooks=app.webhooks.routes,
+                tags=app.openapi_tags,  # the sections' reading order (routes are listed in matching order)
             )
             app.openapi_schema = _finish(schema)
         return app.openapi_schema

@@ -103,7 +103,8 @@ class HttpSource:
         import httpx
 
         self.url = url.rstrip("/")
-        self.client = httpx.Client(timeout=timeout_s, follow_redirects=True)
+        hooks = {"response": [refuse_downgrade]}
+        self.client = httpx.Client(timeout=timeout_s, follow_redirects=True, event_hooks=hooks)
 
     def __str__(self) -> str:
         return self.url
@@ -131,6 +132,18 @@ class HttpSource:
                     chunk, skip = chunk[cut:], skip - cut
                 if chunk:
                     yield chunk
+
+
+def refuse_downgrade(response: Any) -> None:
+    """An `httpx` response hook: a redirect from `https://` to anything else is refused, not followed (a model
+    pulled over HTTPS stays on HTTPS even when a mirror or a man in the middle says otherwise)."""
+    if not response.is_redirect or response.request.url.scheme != "https":
+        return
+    target = response.request.url.join(response.headers.get("location", ""))
+    if target.scheme != "https":
+        raise ValueError(
+            f"refusing a redirect from {response.request.url} to {target}: a pull over HTTPS stays on it"
+        )
 
 
 def open_source(source: str, settings: Settings) -> ModelSource:

@@ -76,6 +76,9 @@ def test_every_registered_secret_is_masked_however_many_and_however_alike() -> N
         redact("tenant-key-0") == "tenant-key-0" and redact("a.bxc+d") == "a.bxc+d"
     )  # no partial or regex match
     assert redact("xtenant-key-0042-suffixy") == "x***y"  # found inside longer text, as before
+    register_secret("zzzzzzab")
+    register_secret("abcdefgh12345")  # starts inside the one before: no part of either stays in clear
+    assert redact("k=zzzzzzabcdefgh12345 and abcdefgh12345zzzzzzab") == "k=*** and ***"
 
 
 def test_text_format_masks_too() -> None:

@@ -375,3 +375,26 @@ def test_two_pods_pulling_into_one_volume_take_turns(tmp_path: Path) -> None:
     assert sum("pulled and verified" in out for out in said) == 1
     assert sum("already present" in out for out in said) == 1
     assert main(["models", "verify", str(target)]) == 0
+
+
+def test_a_redirect_from_https_to_http_is_refused() -> None:
+    """An HTTPS pull follows redirects that stay on HTTPS and refuses one that leaves it (checked on each hop)."""
+    import httpx
+
+    from worker.model_pull import HttpSource, refuse_downgrade
+
+    def hop(location: str) -> httpx.Response:
+        return httpx.Response(
+            302, headers={"location": location}, request=httpx.Request("GET", "https://a/m/x")
+        )
+
+    refuse_downgrade(hop("https://mirror/m/x"))
+    refuse_downgrade(hop("/elsewhere/x"))  # relative: same scheme
+    refuse_downgrade(httpx.Response(200, request=httpx.Request("GET", "https://a/m/x")))
+    refuse_downgrade(
+        httpx.Response(302, headers={"location": "http://b/x"}, request=httpx.Request("GET", "http://a/x"))
+    )
+    with pytest.raises(ValueError, match="stays on it"):
+        refuse_downgrade(hop("http://mirror/m/x"))
+    client = HttpSource("https://a/m").client  # the hook is on every pull's client
+    assert refuse_downgrade in client.event_hooks["response"]
