@@ -293,7 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     points: list[Point] = []
     app_dirs = [Path(d).resolve() for d in args.app_dir.split(",")]
     # One gateway ("gateway"), or several checkouts side by side ("gateway:<folder>"), each next to the baseline.
-    gateways = {"gateway" if len(app_dirs) == 1 else f"gateway:{d.name}": d for d in app_dirs}
+    names = [d.name for d in app_dirs]
+    unique = len(set(names)) == len(names)
+    gateways = {
+        "gateway" if len(app_dirs) == 1 else f"gateway:{d.name if unique else i}": d
+        for i, d in enumerate(app_dirs)
+    }
     with redis_server(work) as redis_url:
         import redis
 
@@ -404,6 +409,16 @@ def summarize(points: list[Point]) -> list[str]:
     return lines
 
 
+def scenario_list(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 64])
@@ -415,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes per app")
     parser.add_argument(
         "--scenarios",
-        type=lambda s: s.split(","),
+        type=scenario_list,
         default=SCENARIOS,
-        help=f"which of {','.join(SCENARIOS)} to run (the sweep is separate: --no-sweep)",
+        help=f"which of {','.join(SCENARIOS)} to run, comma-separated, or '' for none (the sweep is separate: "
+        "--no-sweep)",
     )
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the in-flight sweep")
     parser.add_argument(

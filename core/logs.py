@@ -257,9 +257,9 @@ def log_access(method: str, path: str, status_code: int, route: str, duration_s:
             with handler.lock:  # type: ignore[union-attr]
                 handler.stream.write(line + handler.terminator)
                 handler.stream.flush()
-            return
-        except Exception:
-            pass
+        except Exception:  # reported as `logging` reports a failed write (on stderr), never raised
+            handler.handleError(logging.makeLogRecord({"name": ACCESS_LOGGER, "msg": line}))
+        return
     fields = {"route": route, "status_code": status_code, "duration_s": duration_s}
     _access_logger.info("%s %s %d", method, path, status_code, extra=fields)
 

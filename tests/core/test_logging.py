@@ -150,3 +150,29 @@ def test_the_access_line_written_directly_is_the_one_logging_writes(monkeypatch)
     )
     ours.setFormatter(TextFormatter())
     assert _sole_json_handler() is None  # text lines are written by `logging`
+
+
+def test_a_failed_direct_write_is_reported_once_and_never_raised(monkeypatch) -> None:
+    """A stream that takes the line but fails to flush: the request goes on, the line is not written again
+    through `logging`, and the failure is reported as `logging` reports its own."""
+
+    class FlushFails(io.StringIO):
+        def flush(self) -> None:
+            raise OSError("pipe closed")
+
+    stream = FlushFails()
+    ours = _FaeHandler(stream)
+    ours.setFormatter(JsonFormatter())
+    ours.addFilter(ContextFilter())
+    reported = []
+    monkeypatch.setattr(ours, "handleError", reported.append)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [ours])
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        log_access("GET", "/healthz", 200, "/healthz", 0.001)
+    finally:
+        root.setLevel(level)
+    assert len(stream.getvalue().splitlines()) == 1
+    assert len(reported) == 1 and reported[0].name == ACCESS_LOGGER
