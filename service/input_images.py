@@ -14,6 +14,8 @@ import base64
 import binascii
 import re
 
+from fastapi import UploadFile
+
 from core.contract import input_key
 from core.provenance import sniff_format
 from core.settings import GatewaySettings
@@ -28,6 +30,14 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 def too_large(field: str, limit: int) -> ProblemError:
     return ProblemError(413, None, f"{field}: the image is larger than {limit} bytes", "upload-too-large")
+
+
+async def read_part(upload: UploadFile, field: str, limit: int) -> bytes:
+    """An uploaded image part's bytes, reading at most one byte past `limit` (413 past it)."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(field, limit)
+    return data
 
 
 def decode_data_uri(value: str, field: str, limit: int) -> bytes:
@@ -82,10 +92,16 @@ def checked_image(data: bytes, field: str, gateway: GatewaySettings) -> str:
 
 
 def store_inputs(storage: Storage, tenant: str, job_id: str, images: list[tuple[bytes, str]]) -> list[str]:
-    """Write checked images under the job's prefix; their keys (what the worker reads)."""
-    keys = []
-    for index, (data, ext) in enumerate(images):
-        key = input_key(tenant, job_id, index, ext)
-        storage.put_bytes(key, data, content_type_for(key))
-        keys.append(key)
+    """Write checked images under the job's prefix; their keys (what the worker reads). A failed write deletes
+    the ones already written: no job refers to them yet."""
+    keys: list[str] = []
+    try:
+        for index, (data, ext) in enumerate(images):
+            key = input_key(tenant, job_id, index, ext)
+            storage.put_bytes(key, data, content_type_for(key))
+            keys.append(key)
+    except BaseException:
+        if keys:
+            storage.delete_keys(keys)
+        raise
     return keys

@@ -1,7 +1,7 @@
 """What several routers share: a job as callers see it, ownership checks, listing, cancellation.
 
 Everything here calls the job store or storage, which block: call it from plain `def` handlers (FastAPI's
-thread pool) or through `run_in_threadpool`.
+thread pool) or through `run_in_threadpool`; the one `async` function, `finished_within`, does that itself.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import base64
 from urllib.parse import urljoin
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from core.contract import Job, JobKind, JobLinks, JobStatus, dataset_key, job_prefix
 from core.jobstore import JobRecords
@@ -139,6 +140,33 @@ def delete_job(services: Services, job: Job) -> None:
     if job.kind is JobKind.finetune:
         services.storage.delete_prefix(dataset_key(job.tenant, job.id))
     services.store.delete_finished(job)
+
+
+async def finished_within(services: Services, job: Job, wait_s: float, created: bool, what: str) -> Job:
+    """`job` once it has ended, for routes that answer with its results (embeddings, OpenAI images): waited on
+    for `wait_s`, then canceled if this request created it (a retry with its idempotency key waits on the job,
+    never cancels it). A job still unfinished is a 504; one that ended meanwhile is returned."""
+    done = await services.store.wait_terminal(job.id, wait_s) or job
+    if not done.status.terminal and created:
+        done = await run_in_threadpool(cancel_job, services, done)
+    if not done.status.terminal:
+        raise ProblemError(
+            504, "Gateway Timeout", f"the {what} were not ready within {wait_s:g} s", "timeout"
+        )
+    return done
+
+
+def job_problem(job: Job) -> ProblemError:
+    """Why a finished job has no results, with the status a caller can act on."""
+    reason = job.error.reason if job.error else job.status.value
+    message = job.error.message if job.error else f"the job was {job.status.value}"
+    if job.status is JobStatus.canceled:  # canceled by its own timeout (a replay of it), or by its owner
+        return ProblemError(409, None, f"the job was canceled ({message}); send a new request", reason)
+    if reason == "invalid_input":
+        return ProblemError(400, None, message, reason)
+    if reason == "storage_unavailable":
+        return ProblemError(503, None, message, reason, headers={"Retry-After": "10"}, retry_after=10)
+    return ProblemError(500, None, message, reason)
 
 
 def cancel_job(services: Services, job: Job) -> Job:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.contract import GenerateRequest
+from core.contract import DEFAULT_STRENGTH, GenerateRequest
 from core.jobstore import AdapterRegistry
 from core.settings import ProvenanceSettings, WebhookSettings
 from core.webhooks import WebhookURLRefused, check_webhook_url
@@ -91,6 +91,15 @@ def check_few_step(body: GenerateRequest, model: ModelInfo) -> None:
             f"model {model.name!r} has guidance {model.distilled_guidance:g} built in: leave guidance_scale at 1 "
             "with no guidance_intervals or guidance_schedule",
         )
+    if model.supported_steps and body.image is not None:
+        # Trained from pure noise on its own grid: strength 1 (plain generation) and 0 (reconstruction) only.
+        strength = DEFAULT_STRENGTH if body.strength is None else body.strength
+        if 0.0 < strength < 1.0:
+            raise invalid(
+                "strength",
+                f"model {model.name!r} is a few-step model: it generates from pure noise (strength 1) or "
+                f"reconstructs (strength 0), not image-to-image at strength {strength:g}",
+            )
     if model.distilled_guidance is not None and body.negative_prompt is not None:
         raise invalid(
             "negative_prompt",

@@ -22,9 +22,9 @@ from core.storage import Storage
 from service.admission import admit, build_job, new_job_id
 from service.deps import GenerateCaller, Services, ServicesDep
 from service.edges import GatewayRoute
-from service.input_images import checked_image, read_reference, store_inputs, too_large
-from service.presenters import cancel_job
-from service.problems import ProblemError, unsupported_media_type
+from service.input_images import checked_image, read_part, read_reference, store_inputs
+from service.presenters import finished_within, job_problem
+from service.problems import unsupported_media_type
 from service.validation import invalid, parse_json_body, resolve_model
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=GatewayRoute)
@@ -73,10 +73,7 @@ async def _read_request(request: Request, limit: int) -> tuple[EmbedRequest, lis
             if isinstance(value, UploadFile):
                 if name != "images":
                     raise invalid(name, "send the images as file parts named 'images'")
-                data = await value.read(limit + 1)
-                if len(data) > limit:
-                    raise too_large("images", limit)
-                uploads.append(data)
+                uploads.append(await read_part(value, "images", limit))
             else:
                 raw[name] = value
     finally:
@@ -151,7 +148,7 @@ async def create_embeddings(
     except Exception:
         await run_in_threadpool(services.storage.delete_keys, keys)
         raise
-    done = await services.store.wait_terminal(job.id, settings.gateway.max_wait_s) or job
+    done = await finished_within(services, job, settings.gateway.max_wait_s, True, "embeddings")
     if done.status is JobStatus.succeeded:
         result = await run_in_threadpool(_vectors, services.storage, tenant, job.id)
         vectors = result["embeddings"]
@@ -164,20 +161,6 @@ async def create_embeddings(
             data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
             job_id=job.id,
         )
-    if not done.status.terminal:
-        await run_in_threadpool(cancel_job, services, done)
-        raise ProblemError(
-            504,
-            "Gateway Timeout",
-            f"the embeddings were not ready within {settings.gateway.max_wait_s:g} s",
-            "timeout",
-        )
-    error = done.error
-    if error is not None and error.reason == "invalid_input":
-        raise invalid("images", error.message)
-    raise ProblemError(
-        503,
-        "Service Unavailable",
-        f"embedding failed: {error.message if error else done.status}",
-        "embedding-failed",
-    )
+    if done.error is not None and done.error.reason == "invalid_input":
+        raise invalid("images", done.error.message)  # this API's 422, naming the field
+    raise job_problem(done)

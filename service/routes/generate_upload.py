@@ -21,7 +21,7 @@ from core.contract import GenerateRequest, Job
 from service.admission import admit_generate
 from service.deps import GenerateCaller, ServicesDep
 from service.edges import GatewayRoute
-from service.input_images import too_large
+from service.input_images import read_part
 from service.routes.generate import answer
 from service.validation import invalid, parse_json
 
@@ -56,9 +56,7 @@ async def read_form(request: Request, limit: int) -> tuple[GenerateRequest, byte
             if isinstance(value, UploadFile):
                 if name != "image":
                     raise invalid(name, "send the input image as a file part named 'image'")
-                image = await value.read(limit + 1)
-                if len(image) > limit:
-                    raise too_large("image", limit)
+                image = await read_part(value, "image", limit)
             elif name in JSON_FIELDS:
                 raw[name] = parse_json(value, name)
             elif name == "image":

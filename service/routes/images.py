@@ -19,13 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from core.contract import GenerateRequest, Job, JobStatus
+from core.contract import GenerateRequest, JobStatus
 from core.jobstore.base import AdmissionOutcome
 from service.admission import admit_generate, rate_headers
 from service.deps import GenerateCaller, ServicesDep
 from service.edges import GatewayRoute
-from service.presenters import cancel_job, present_job
-from service.problems import ProblemError
+from service.presenters import finished_within, job_problem, present_job
 from service.schemas import OpenAIImage, OpenAIImageRequest, OpenAIImagesResponse
 from service.validation import invalid, resolve_model
 
@@ -112,19 +111,6 @@ def generate_request(body: OpenAIImageRequest, image_size: int | None) -> Genera
         raise invalid(field, first["msg"]) from exc
 
 
-def job_problem(job: Job, wait_s: float) -> ProblemError:
-    """Why a finished job has no images, with the status a caller can act on."""
-    reason = job.error.reason if job.error else job.status.value
-    message = job.error.message if job.error else f"the job was {job.status.value}"
-    if job.status is JobStatus.canceled:  # canceled by its own timeout (a replay of it), or by its owner
-        return ProblemError(409, None, f"the job was canceled ({message}); send a new request", reason)
-    if reason == "invalid_input":
-        return ProblemError(400, None, message, reason)
-    if reason == "storage_unavailable":
-        return ProblemError(503, None, message, reason, headers={"Retry-After": "10"}, retry_after=10)
-    return ProblemError(500, None, message, reason)
-
-
 @router.post(
     "/generations",
     response_model=OpenAIImagesResponse,
@@ -148,19 +134,11 @@ async def create_image(
     admission = await admit_generate(services, principal.tenant, ours, idempotency_key)
     assert admission.job is not None  # a refusal raised
     response.headers.update(rate_headers(admission.budget))
-    wait_s = services.settings.gateway.max_wait_s
-    job = await services.store.wait_terminal(admission.job.id, wait_s) or admission.job
     created = admission.outcome is AdmissionOutcome.created
-    if not job.status.terminal and created:
-        # Only the request that created the job cancels it (a retry with its key waits on it, never cancels
-        # it); one that finished meanwhile is answered.
-        job = await run_in_threadpool(cancel_job, services, job)
-    if not job.status.terminal:
-        raise ProblemError(
-            504, "Gateway Timeout", f"the images were not ready within {wait_s:g} s", "timeout"
-        )
+    wait_s = services.settings.gateway.max_wait_s
+    job = await finished_within(services, admission.job, wait_s, created, "images")
     if job.status is not JobStatus.succeeded:
-        raise job_problem(job, wait_s)
+        raise job_problem(job)
     shown = await run_in_threadpool(present_job, job, services, request)
     data = [OpenAIImage(url=o.url, b64_json=o.b64_json) for o in shown.outputs]
     return OpenAIImagesResponse(created=int(job.created_at.timestamp()), data=data)

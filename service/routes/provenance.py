@@ -16,8 +16,9 @@ from core.settings import ProvenanceSettings
 from core.watermark import detect, payload_hex
 from service.deps import GenerateCaller, Services, ServicesDep
 from service.edges import GatewayRoute
-from service.problems import ProblemError
+from service.input_images import read_part
 from service.schemas import CredentialsCheck, ProvenanceVerification, WatermarkCheck
+from service.validation import invalid
 
 router = APIRouter(prefix="/v1/provenance", tags=["provenance"], route_class=GatewayRoute)
 
@@ -31,23 +32,13 @@ def our_anchors(settings: ProvenanceSettings) -> SignerTrust | None:
     return trust_anchors(chain or None, extra or None)  # an empty file (/dev/null in Compose) is none
 
 
-def unreadable(detail: str) -> ProblemError:
-    return ProblemError(
-        422,
-        "Invalid request",
-        f"file: {detail}",
-        slug="validation-error",
-        errors=[{"loc": ["body", "file"], "msg": detail, "type": "value_error"}],
-    )
-
-
 def _decode(data: bytes, max_pixels: int) -> Image.Image | None:
     """The pixels, for the watermark; None when they do not decode (a tampered file still gets its
     credentials checked). An unreadable header or too many pixels is the caller's error."""
     try:
         read_header(data, max_pixels)
     except ImageRefused as exc:
-        raise unreadable(f"the image {exc}") from exc
+        raise invalid("file", f"the image {exc}") from exc
     try:
         return decode(data, max_pixels)
     except ImageRefused:
@@ -56,7 +47,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image | None:
 
 def verify_image(data: bytes, tenant: str, services: Services) -> ProvenanceVerification:
     if sniff_format(data) is None:
-        raise unreadable("send a PNG, JPEG or WebP image")
+        raise invalid("file", "send a PNG, JPEG or WebP image")
     image = _decode(data, services.settings.gateway.max_image_pixels)
     report = verify_credentials(data, our_anchors(services.settings.provenance))
     store = services.store
@@ -98,7 +89,5 @@ async def verify_provenance(
     services: ServicesDep,
 ) -> ProvenanceVerification:
     limit = services.settings.gateway.max_dataset_file_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise ProblemError(413, None, f"the image is larger than {limit} bytes", "upload-too-large")
+    data = await read_part(file, "file", limit)
     return await run_in_threadpool(verify_image, data, principal.tenant, services)

@@ -18,6 +18,15 @@ import pytest
 from .conftest import EmbeddedServer
 
 
+def _png_data_uri() -> str:
+    out = io.BytesIO()
+    PIL.Image.new("RGB", (8, 8), (200, 30, 30)).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+PIXEL = _png_data_uri()  # an input image for image-to-image
+
+
 @pytest.fixture(scope="module")
 def student_dir(t2i_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
@@ -112,6 +121,8 @@ def test_the_student_is_served_by_name_at_its_step_counts(
         ({"steps": 4, "guidance_scale": 4.0}, "guidance_scale", "guidance 4 built in"),
         ({"steps": 4, "guidance_schedule": "fae-t2i"}, "guidance_scale", "guidance 4 built in"),
         ({"steps": 4, "negative_prompt": "blurry"}, "negative_prompt", "would have no effect"),
+        ({"steps": 4, "image": PIXEL, "strength": 0.5}, "strength", "not image-to-image at strength 0.5"),
+        ({"steps": 4, "image": PIXEL}, "strength", "at strength 0.6"),  # the default strength
     ],
 )
 def test_other_step_counts_and_guidance_are_422(
