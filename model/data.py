@@ -110,15 +110,20 @@ class ImageDataset:
         }
 
 
-def image_to_tensor(image: PIL.Image.Image, size: int) -> torch.Tensor:
-    """RGB uint8 3×size×size; transparency is composited over white (logos often have an alpha channel)."""
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB, upright per its EXIF orientation, transparency composited over white (logos often have an alpha
+    channel). The one conversion training images (`image_to_tensor`) and img2img inputs both go through."""
     image = PIL.ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
-    image = PIL.ImageOps.fit(image, (size, size), method=PIL.Image.Resampling.BICUBIC)
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: PIL.Image.Image, size: int) -> torch.Tensor:
+    """RGB uint8 3×size×size (see `to_rgb`), center-cropped to a square and resized bicubically."""
+    image = PIL.ImageOps.fit(to_rgb(image), (size, size), method=PIL.Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -142,24 +147,36 @@ def _decode_check(data: bytes) -> str | None:
     return None
 
 
-def _read_manifest(root: Path, skipped: list[SkippedFile]) -> dict[str, dict[str, Any]]:
+def read_manifest_file(path: Path, skipped: list[SkippedFile]) -> dict[str, dict[str, Any]]:
+    """The entries of one JSONL manifest by their POSIX relpath, in file order (a later line for the same file
+    wins). A line that is not a JSON object with a string `file` (or `file_name`) is not fatal: it is listed in
+    `skipped` as `NAME:LINE`."""
+    entries: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not a JSON object")
+            file = entry.get("file", entry.get("file_name"))
+            if not isinstance(file, str):
+                raise ValueError("no 'file' field")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            skipped.append(SkippedFile(f"{path.name}:{number}", f"bad manifest line ({exc})"))
+            continue
+        entries[PurePosixPath(file).as_posix().lstrip("./")] = entry
+    return entries
+
+
+def read_manifest(root: Path, skipped: list[SkippedFile]) -> dict[str, dict[str, Any]]:
+    """The manifest entries of dataset folder `root` (`captions.jsonl`, then `metadata.jsonl`, which wins for a
+    file both list); malformed lines are listed in `skipped` (see `read_manifest_file`)."""
     entries: dict[str, dict[str, Any]] = {}
     for name in MANIFEST_NAMES:
-        path = root / name
-        if not path.is_file():
-            continue
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                file = entry.get("file", entry.get("file_name"))
-                if not isinstance(file, str):
-                    raise ValueError("no 'file' field")
-            except (ValueError, AttributeError) as exc:
-                skipped.append(SkippedFile(f"{name}:{number}", f"bad manifest line ({exc})"))
-                continue
-            entries[PurePosixPath(file).as_posix().lstrip("./")] = entry
+        path = Path(root) / name
+        if path.is_file():
+            entries.update(read_manifest_file(path, skipped))
     return entries
 
 
@@ -167,11 +184,12 @@ def _is_ignored(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
 
 
-def _clean_caption(text: str) -> str:
+def clean_caption(text: str) -> str:
+    """A caption as training uses it: whitespace runs collapsed to one space, at most MAX_CAPTION_CHARS."""
     return " ".join(text.split())[:MAX_CAPTION_CHARS]
 
 
-def _captions_from(entry: dict[str, Any] | None, sidecar: Path) -> tuple[str | None, tuple[str, ...]]:
+def captions_from(entry: dict[str, Any] | None, sidecar: Path) -> tuple[str | None, tuple[str, ...]]:
     """(first caption, further variants); the manifest's caption (a string or a list of strings) wins."""
     value = entry.get("caption") if entry is not None else None
     texts = [value] if isinstance(value, str) else []
@@ -180,7 +198,7 @@ def _captions_from(entry: dict[str, Any] | None, sidecar: Path) -> tuple[str | N
     if not texts and sidecar.is_file():
         texts = [sidecar.read_text(encoding="utf-8", errors="replace")]
     # de-duplicated in order, empty ones dropped
-    cleaned = list(dict.fromkeys(c for c in (_clean_caption(t) for t in texts) if c))
+    cleaned = list(dict.fromkeys(c for c in (clean_caption(t) for t in texts) if c))
     return (cleaned[0], tuple(cleaned[1:])) if cleaned else (None, ())
 
 
@@ -190,7 +208,7 @@ def scan_image_folder(root: Path, max_images: int | None = None) -> ImageDataset
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
     skipped: list[SkippedFile] = []
-    manifest = _read_manifest(root, skipped)
+    manifest = read_manifest(root, skipped)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not _is_ignored(p.relative_to(root)))
     stems = {p.with_suffix("") for p in files if p.suffix.lower() != ".txt"}
     found: list[tuple[Path, str, str, dict[str, Any] | None]] = []
@@ -219,7 +237,7 @@ def scan_image_folder(root: Path, max_images: int | None = None) -> ImageDataset
     labels, class_names = _labels(root, found)
     records = []
     for (path, relpath, digest, entry), label in zip(found, labels, strict=True):
-        caption, variants = _captions_from(entry, path.with_suffix(".txt"))
+        caption, variants = captions_from(entry, path.with_suffix(".txt"))
         records.append(ImageRecord(path, relpath, digest, caption, label, variants))
     return ImageDataset(root=root, records=records, skipped=skipped, class_names=class_names)
 

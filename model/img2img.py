@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 
+from .data import to_rgb
 from .errors import InvalidInputError
 from .scheduling import FlowMatchingScheduler, shift_timesteps
 
@@ -32,12 +32,7 @@ def prepare_input_image(image: PIL.Image.Image) -> PIL.Image.Image:
     width, height = image.size
     if width * height > MAX_INPUT_PIXELS:
         raise InvalidInputError(f"the input image is {width}x{height}; at most {MAX_INPUT_PIXELS} pixels")
-    image = PIL.ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    return to_rgb(image)  # the conversion training images go through too
 
 
 def images_to_tensor(images: Sequence[PIL.Image.Image], encoder_size: int) -> torch.Tensor:

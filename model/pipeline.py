@@ -322,7 +322,10 @@ class FAEPipeline(DiffusionPipeline):
         check_sampler(sampler)
         guided = guidance_scale != 1.0 or bool(guidance_intervals) or guidance_schedule != "constant"
         guided = guided or negative_prompt is not None  # a negative prompt acts through guidance only
-        self.scheduler.check_supported(num_inference_steps, guided, sampler)
+        strength = check_strength(strength)
+        self.scheduler.check_supported(
+            num_inference_steps, guided, sampler, strength if image is not None else 1.0
+        )
         schedule = GuidanceSchedule.named(guidance_schedule, guidance_scale, guidance_intervals)
         cond, uncond, batch = self.prepare_conditions(
             prompt, class_labels, num_images, encoded, negative_prompt, encoded_negative
@@ -330,7 +333,6 @@ class FAEPipeline(DiffusionPipeline):
         if adapter_slot != NO_ADAPTER and not has_adapter_slots(self.generator):
             raise InvalidInputError("adapter_slot needs adapter slots attached to the generator")
         seeds = self.resolve_seeds(seed, batch)
-        strength = check_strength(strength)
         init_latent, start_t, steps = None, 1.0, num_inference_steps
         if image is not None and strength < 1.0:
             if strength <= 0.0:

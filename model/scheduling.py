@@ -78,10 +78,21 @@ class FlowMatchingScheduler(SchedulerMixin, ConfigMixin):
                 f"unknown sde_diffusion {sde_diffusion!r}; choose one of {', '.join(SDE_DIFFUSION_FACTORS)}"
             )
 
-    def check_supported(self, num_steps: int, guided: bool = False, sampler: str = "euler") -> None:
+    def check_supported(
+        self, num_steps: int, guided: bool = False, sampler: str = "euler", start_t: float = 1.0
+    ) -> None:
         """A distilled model's limits: its step counts, no guidance of the request's own (`guided`: a scale
-        other than 1, intervals or a named schedule), the deterministic sampler."""
+        other than 1, intervals or a named schedule), the deterministic sampler, and sampling from pure noise
+        (`start_t`: where image-to-image starts, its strength; 1 for plain generation)."""
         supported = self.config.get("supported_steps")
+        # The student was trained on the grid `timesteps(n)` from t = 1 only: image-to-image would run it on
+        # `start_grid` timesteps it never saw (a silently wrong image). Strength 1 is plain generation (its own
+        # grid), and strength 0 is reconstruction (encode/decode, the generator never runs): both stay allowed.
+        if supported and 0.0 < start_t < 1.0:
+            raise InvalidInputError(
+                "this few-step model generates from pure noise only: image-to-image needs strength 1 "
+                f"(plain generation) or 0 (reconstruction), got strength {start_t:g}"
+            )
         if supported and num_steps not in supported:
             raise InvalidInputError(
                 f"this few-step model supports num_inference_steps {', '.join(map(str, supported))}, "

@@ -114,33 +114,70 @@ def is_sharded(path: Path) -> bool:
     if not index.is_file():
         return False
     try:
-        return json.loads(index.read_text()).get("format") == SHARD_FORMAT
+        data = json.loads(index.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and data.get("format") == SHARD_FORMAT
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_index(index: dict[str, Any]) -> tuple[list[ShardInfo], list[dict[str, Any]], list[str] | None]:
+    """(shards, image entries, class names) of a parsed index; KeyError or TypeError where it is malformed."""
+    shards_field, images, class_names = index["shards"], index["images"], index.get("class_names")
+    if not isinstance(shards_field, list) or not isinstance(images, list):
+        raise TypeError("'shards' and 'images' must be lists")
+    shards = []
+    for shard in shards_field:
+        name, count = shard["name"], shard["count"]
+        if not isinstance(name, str) or not _is_int(count) or count < 0:
+            raise TypeError(f"shard entry {shard!r} needs a string 'name' and a non-negative integer 'count'")
+        shards.append(ShardInfo(name, count))
+    for entry in images:
+        file, digest = entry["file"], entry["sha256"]
+        captions, label = entry.get("captions", []), entry.get("label")
+        if not isinstance(file, str) or not isinstance(digest, str):
+            raise TypeError(f"image entry {entry!r:.200} needs string 'file' and 'sha256'")
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise TypeError(f"image entry {file!r}: 'captions' must be a list of strings")
+        if label is not None and not _is_int(label):
+            raise TypeError(f"image entry {file!r}: 'label' must be an integer or null")
+    if class_names is not None and (
+        not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)
+    ):
+        raise TypeError("'class_names' must be a list of strings or null")
+    return shards, images, class_names
 
 
 def open_sharded_dataset(root: Path) -> ShardedDataset:
     root = Path(root)
+    index_path = root / INDEX_NAME
     try:
-        index = json.loads((root / INDEX_NAME).read_text())
+        index = json.loads(index_path.read_text())
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{root / INDEX_NAME} is not a readable shard index ({exc})") from exc
-    if index.get("format") != SHARD_FORMAT:
-        raise DatasetError(f"{root / INDEX_NAME} is not a {SHARD_FORMAT} index")
-    shards = [ShardInfo(s["name"], int(s["count"])) for s in index["shards"]]
+        raise DatasetError(f"{index_path} is not a readable shard index ({exc})") from exc
+    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
+        raise DatasetError(f"{index_path} is not a {SHARD_FORMAT} index")
+    try:
+        shards, images, class_names = _parse_index(index)
+    except KeyError as exc:
+        raise DatasetError(f"{index_path} is not a valid {SHARD_FORMAT} index: missing key {exc}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"{index_path} is not a valid {SHARD_FORMAT} index: {exc}") from exc
     for shard in shards:
         if Path(shard.name).name != shard.name or not (root / shard.name).is_file():
-            raise DatasetError(f"shard {shard.name!r} listed in {root / INDEX_NAME} is missing")
-    images = index["images"]
+            raise DatasetError(f"shard {shard.name!r} listed in {index_path} is missing")
     if len(images) != sum(s.count for s in shards):
-        raise DatasetError(f"{root / INDEX_NAME}: {len(images)} images listed, shards hold another count")
+        raise DatasetError(f"{index_path}: {len(images)} images listed, shards hold another count")
     return ShardedDataset(
         root=root,
         shards=shards,
         files=[(entry["file"], entry["sha256"]) for entry in images],
         captions_=[tuple(entry.get("captions", ())) for entry in images],
         labels_=[entry.get("label") for entry in images],
-        class_names=index.get("class_names"),
+        class_names=class_names,
     )
 
 

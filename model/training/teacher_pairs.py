@@ -20,6 +20,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from ..data import (
+    MANIFEST_NAMES,
+    SkippedFile,
+    captions_from,
+    clean_caption,
+    read_manifest,
+    read_manifest_file,
+)
+from ..errors import DatasetError
 from ..fingerprint import config_identity, json_fingerprint, module_fingerprint
 from ..io import write_bytes_atomically
 
@@ -145,20 +154,43 @@ def teacher_pairs(
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from a text file (one a line) or a captions.jsonl (`caption`: a string or a list of variants),
-    or a dataset directory holding one; every variant, in file order, blanks and repeats dropped."""
+    """Prompts from a text file (one a line), a JSONL manifest (captions.jsonl or metadata.jsonl, whose `caption`
+    is a string or a list of variants), or a dataset directory holding one or both. Manifest captions are read
+    and cleaned by the very code training uses (model/data.py: the manifest's caption, else the file's `.txt`
+    sidecar; whitespace collapsed, at most MAX_CAPTION_CHARS), so the prompts are the captions training sees;
+    every variant, in file order, blanks and repeats dropped. A malformed manifest line is a DatasetError."""
     path = Path(path)
+    skipped: list[SkippedFile] = []
     if path.is_dir():
-        path = path / "captions.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no prompts at {path}: give a text file or a captions.jsonl")
+        if not any((path / name).is_file() for name in MANIFEST_NAMES):
+            raise FileNotFoundError(
+                f"no prompts at {path}: the folder holds no {' or '.join(MANIFEST_NAMES)}"
+            )
+        root, entries = path, read_manifest(path, skipped)
+    elif not path.is_file():
+        raise FileNotFoundError(
+            f"no prompts at {path}: give a text file, a captions.jsonl or a dataset folder"
+        )
+    elif path.suffix == ".jsonl":
+        root, entries = path.parent, read_manifest_file(path, skipped)
+    else:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path} is not a UTF-8 text file of prompts ({exc})") from exc
+        return list(dict.fromkeys(c for c in map(clean_caption, lines) if c))
+    if skipped:
+        listed = "; ".join(f"{s.relpath}: {s.reason}" for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise DatasetError(
+            f"{len(skipped)} malformed line(s) in the captions manifest at {path} ({listed}{more}): each line "
+            'must be a JSON object such as {"file": "a.png", "caption": "..."}'
+        )
     found: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            caption = json.loads(line)["caption"]
-            found.extend([caption] if isinstance(caption, str) else caption)
-        else:
-            found.append(line.strip())
-    return list(dict.fromkeys(p.strip() for p in found if p.strip()))
+    for relpath, entry in entries.items():
+        if not relpath:
+            continue  # names no file (e.g. "./"): training never matches it to an image either
+        caption, variants = captions_from(entry, (root / relpath).with_suffix(".txt"))
+        if caption is not None:
+            found.extend((caption, *variants))
+    return list(dict.fromkeys(found))

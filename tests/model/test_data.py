@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import FAEPipeline
-from model.data import extract_zip_safely, image_to_tensor, open_image_dataset, scan_image_folder
+from model.data import extract_zip_safely, image_to_tensor, open_image_dataset, scan_image_folder, to_rgb
 from model.errors import DatasetError
 from model.latent_cache import LatentCache
 from model.synthetic import write_dataset
@@ -162,6 +162,19 @@ def test_images_are_center_cropped_and_transparency_goes_over_white() -> None:
     assert tensor[:, 4, 4].tolist() == [255, 0, 0]
     wide = image_to_tensor(PIL.Image.new("RGBA", (40, 20), (0, 0, 0, 0)), 8)
     assert int(wide.min()) == 255  # fully transparent: white, not black
+
+
+def test_to_rgb_turns_upright_and_flattens_alpha_for_training_and_img2img() -> None:
+    from model.img2img import prepare_input_image
+
+    rgba = PIL.Image.new("LA", (6, 4), (0, 0))
+    assert to_rgb(rgba).mode == "RGB" and np.asarray(to_rgb(rgba)).min() == 255
+    upright = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    stored = upright.transpose(PIL.Image.Transpose.ROTATE_270)
+    stored.getexif()[0x0112] = 8  # shown after a 90° counter-clockwise turn
+    assert np.array_equal(np.asarray(to_rgb(stored)), np.asarray(upright))
+    assert np.array_equal(np.asarray(prepare_input_image(stored)), np.asarray(to_rgb(stored)))
+    assert torch.equal(image_to_tensor(stored, 8), image_to_tensor(upright, 8))
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fae.cli import main
-from model.errors import InvalidInputError
+from model.data import MAX_CAPTION_CHARS, scan_image_folder
+from model.errors import DatasetError, InvalidInputError
 from model.pipeline import FAEPipeline
 from model.training import teacher_pairs as pairs_module
 from model.training.teacher_pairs import PairSettings, read_prompts, teacher_pairs
@@ -141,6 +142,45 @@ def test_prompts_come_from_captions_with_every_variant(tmp_path: Path) -> None:
     assert read_prompts(tmp_path) == ["red apple, food, noto style", "red apple", "sun"]
     with pytest.raises(FileNotFoundError):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_prompts_are_the_captions_training_sees(tmp_path: Path) -> None:
+    import PIL.Image
+
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        PIL.Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / name)
+    long = "word " * MAX_CAPTION_CHARS
+    lines = [
+        {"file": "a.png", "caption": ["  red\n apple,  food ", "red apple", " red  apple ", "", 7]},
+        {"file": "b.png", "caption": long},
+        {"file_name": "c.png", "caption": []},  # falls back to its sidecar, as in training
+    ]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file": "d.png", "caption": "\tsun\t"}) + "\n")
+    (tmp_path / "c.txt").write_text("a  green\nsquare\n")
+    seen = [c for choices in scan_image_folder(tmp_path).caption_choices() for c in choices if c]
+    prompts = read_prompts(tmp_path)
+    assert prompts == list(dict.fromkeys(seen))  # the same captions, cleaned the same way
+    assert (
+        prompts[:2] == ["red apple, food", "red apple"] and "a green square" in prompts and "sun" in prompts
+    )
+    assert max(map(len, prompts)) == MAX_CAPTION_CHARS
+    assert read_prompts(tmp_path / "metadata.jsonl") == ["sun"]  # a manifest file on its own
+    (tmp_path / "prompts.txt").write_text("  a   cat \n\n a cat\ndog\n")
+    assert read_prompts(tmp_path / "prompts.txt") == ["a cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{"file": "a.png", "caption": "unclosed', '["a.png", "red"]', '{"caption": "no file"}', '{"file": 3}'],
+)
+def test_a_malformed_caption_line_is_a_clear_dataset_error(tmp_path: Path, line: str) -> None:
+    good = json.dumps({"file": "b.png", "caption": "sun"})
+    (tmp_path / "captions.jsonl").write_text(f"{good}\n{line}\n")
+    for source in (tmp_path, tmp_path / "captions.jsonl"):
+        with pytest.raises(DatasetError, match=r"malformed line.*captions\.jsonl:2: bad manifest line"):
+            read_prompts(source)
+    assert scan_image_folder(tmp_path).skipped[0].relpath == "captions.jsonl:2"  # training: the same line
 
 
 def test_an_adapter_of_the_teacher_is_refused_on_the_student(

@@ -12,8 +12,8 @@ import torch
 
 from fae.cli import main
 from model.data import scan_image_folder
-from model.errors import InvalidInputError, TrainingCanceled
-from model.shards import open_sharded_dataset, open_training_dataset
+from model.errors import DatasetError, InvalidInputError, TrainingCanceled
+from model.shards import is_sharded, open_sharded_dataset, open_training_dataset
 from model.synthetic import write_dataset
 from model.training.config import TrainConfig
 from model.training.feature_source import ShardOrder, choose_feature_source
@@ -43,6 +43,39 @@ def test_pack_keeps_images_captions_and_labels(folder: Path, shards: Path) -> No
     first = torch.cat(list(packed.batches(32, 8)))
     assert torch.equal(first, torch.stack([original.load(i, 32) for i in range(len(original))]))
     assert type(open_training_dataset(shards)).__name__ == "ShardedDataset"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda index: index.pop("images"), "missing key 'images'"),
+        (lambda index: index["shards"][0].pop("count"), "missing key 'count'"),
+        (lambda index: index["shards"].__setitem__(0, "shard-000000.tar"), "string indices"),
+        (lambda index: index["shards"][0].__setitem__("count", "five"), "non-negative integer 'count'"),
+        (lambda index: index.__setitem__("images", {"a": 1}), "must be lists"),
+        (lambda index: index["images"][0].pop("sha256"), "missing key 'sha256'"),
+        (lambda index: index["images"][0].__setitem__("captions", "a circle"), "list of strings"),
+        (lambda index: index["images"][0].__setitem__("label", "circle"), "integer or null"),
+        (lambda index: index.__setitem__("class_names", 3), "class_names"),
+    ],
+)
+def test_a_malformed_index_is_a_dataset_error_naming_the_file(
+    shards: Path, tmp_path: Path, change, message: str
+) -> None:
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    for path in shards.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    index = json.loads((copy / "index.json").read_text())
+    change(index)
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DatasetError, match=rf"index\.json is not a valid .*{message}") as caught:
+        open_sharded_dataset(copy)
+    assert str(copy / "index.json") in str(caught.value)
+    (copy / "index.json").write_text("[1, 2]")  # JSON, but not an object
+    assert not is_sharded(copy)
+    with pytest.raises(DatasetError, match="is not a fae-shards/1 index"):
+        open_sharded_dataset(copy)
 
 
 def test_shard_order_covers_every_item_once_per_epoch() -> None:

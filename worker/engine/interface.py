@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.contract import GenerateRequest
+from core.contract import DEFAULT_STRENGTH, GenerateRequest
 from model.errors import InvalidInputError
 
 # step, total, eta in seconds (None until a step time is known)
@@ -102,8 +102,16 @@ class GenerationRequest:
             adapter=adapter,
             tenant=tenant,
             image=image,
-            strength=1.0 if request.strength is None else request.strength,
+            strength=_strength(request, image),
         )
+
+
+def _strength(request: GenerateRequest, image: Any) -> float:
+    """The request's strength; without one, the contract's default with an input image (the gateway normally
+    fills it in: this is the fallback) and 1 (plain generation) without."""
+    if request.strength is not None:
+        return request.strength
+    return DEFAULT_STRENGTH if image is not None or request.image is not None else 1.0
 
 
 @dataclass
