@@ -80,7 +80,7 @@ def test_a_bad_dataset_is_a_typed_error(fae: FAEClient, tmp_path: Path) -> None:
 
 
 def test_finetune_idempotency_key_returns_the_same_job(fae: FAEClient, brand_dir: Path) -> None:
-    """Engineer A's `Idempotency-Key` on `/v1/finetunes` (issue 15 item 5)."""
+    """`Idempotency-Key` on `/v1/finetunes` (issue 15 item 5)."""
     first = fae.finetunes.create(brand_dir, steps=1, rank=1, idempotency_key="client-ft-1")
     again = fae.finetunes.create(brand_dir, steps=1, rank=1, idempotency_key="client-ft-1")
     assert again.id == first.id
@@ -88,13 +88,13 @@ def test_finetune_idempotency_key_returns_the_same_job(fae: FAEClient, brand_dir
 
 
 def test_too_few_images_are_refused_at_once(fae: FAEClient, brand_dir: Path) -> None:
-    """Engineer A's fine-tune admission (issue 15 item 5): 2 images answer 422 at submission."""
+    """Fine-tune admission (issue 15 item 5): 2 images answer 422 at submission."""
     with pytest.raises(UnprocessableEntityError):
         fae.finetunes.create(sorted(brand_dir.glob("*.png"))[:2], steps=1)
 
 
 def test_adapter_get_and_download_in_peft_format(fae: FAEClient, brand_dir: Path) -> None:
-    """Engineer B's `GET /v1/adapters/{id}` and `/download` (issue 15 item 10)."""
+    """`GET /v1/adapters/{id}` and `/download` (issue 15 item 10)."""
     job = fae.finetunes.wait(fae.finetunes.create(brand_dir, **FAST).id, timeout=120, poll_interval=0.2)
     assert job.succeeded and job.adapter_id
     adapter = fae.adapters.get(job.adapter_id)

@@ -112,7 +112,7 @@ def test_stream_follows_a_job_to_its_end(fae: FAEClient) -> None:
 
 
 def test_b64_json_outputs_decode_to_the_same_image(fae: FAEClient) -> None:
-    """Engineer B's `response_format: b64_json` (issue 15 item 3)."""
+    """`response_format: b64_json` (issue 15 item 3)."""
     by_url = fae.generate(class_label=6, steps=3, seed=11, wait=True)
     inline = fae.generate(class_label=6, steps=3, seed=11, wait=True, response_format="b64_json")
     output = inline.outputs[0]
@@ -122,7 +122,7 @@ def test_b64_json_outputs_decode_to_the_same_image(fae: FAEClient) -> None:
 
 
 def test_jobs_carry_links(fae: FAEClient) -> None:
-    """Engineer A's job links and request id (issue 15 items 7 and 9)."""
+    """Job links and request id (issue 15 items 7 and 9)."""
     job = fae.generate(class_label=7, steps=3, wait=True)
     assert job.links is not None and job.links.self_ == f"/v1/jobs/{job.id}"
     assert job.links.cancel == f"/v1/jobs/{job.id}/cancel" and job.links.events == f"/v1/jobs/{job.id}/events"
@@ -130,7 +130,7 @@ def test_jobs_carry_links(fae: FAEClient) -> None:
 
 
 def test_stream_resumes_after_last_event_id(fae: FAEClient) -> None:
-    """Engineer B's resumable SSE (issue 15 item 8): reconnecting after an event sends nothing seen before."""
+    """Resumable SSE (issue 15 item 8): reconnecting after an event sends nothing seen before."""
     job = fae.generate(class_label=8, steps=10, wait=True)
     first = list(fae.jobs.stream(job.id))
     assert first[-1].job is not None and first[-1].job.succeeded

@@ -100,7 +100,7 @@ def test_a_real_delivery_verifies_with_the_tenants_secret(live_server, receiver)
 
 
 def test_during_a_rotation_both_secrets_verify_a_real_delivery(live_server, receiver) -> None:
-    """Engineer B's secret rotation (issue 15 item 6): two `v1,` signatures in one header."""
+    """Secret rotation (issue 15 item 6): two `v1,` signatures in one header."""
     url, received = receiver
     with FAEClient(live_server.base_url, live_server.key) as fae:
         old = fae.webhooks.secret()

@@ -8,10 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import c2pa
@@ -20,18 +18,9 @@ import pytest
 from PIL import Image
 
 from core.provenance import GENERATION_ASSERTION, TRAINED_ALGORITHMIC_MEDIA
+from tests.core.test_provenance import flip_png_pixel_byte
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def flip_png_pixel_byte(data: bytes) -> bytes:
-    """One byte of the first IDAT chunk's compressed pixels changed, its CRC fixed (a well-formed PNG)."""
-    position = data.index(b"IDAT")
-    length = struct.unpack(">I", data[position - 4 : position])[0]
-    chunk = bytearray(data[position : position + 4 + length])
-    chunk[4 + length // 2] ^= 0x01
-    crc = struct.pack(">I", zlib.crc32(bytes(chunk)) & 0xFFFFFFFF)
-    return data[:position] + bytes(chunk) + crc + data[position + 8 + length :]
 
 
 def generate(client: httpx.Client, **body: object) -> dict:
